@@ -1,0 +1,27 @@
+"""convspectra: exact singular values of convolutional layers.
+
+Example:
+    >>> import numpy as np, convspectra as cs
+    >>> float(cs.singular_values(np.ones((1, 1, 2, 2)), (8, 8))[0])
+    4.0
+"""
+
+from .errors import ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
+from .spec import LAYOUTS, ConvSpec
+from .spectrum import DEFAULT_MEMORY_BUDGET, FrequencySpectrum, frequency_spectrum, singular_values
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "LAYOUTS",
+    "ConvSpec",
+    "ConvSpectraError",
+    "FrequencySpectrum",
+    "MemoryBudgetError",
+    "ParameterError",
+    "ParameterTypeError",
+    "__version__",
+    "frequency_spectrum",
+    "singular_values",
+]

@@ -1,0 +1,350 @@
+"""All singular values of a convolution layer with wrap-around boundary.
+
+The layer is block-diagonalised by the discrete Fourier transform (see
+:mod:`convspectra.transfer`); its singular values are the union of the singular values of the
+small per-frequency transfer matrices (Sedghi, Gupta & Long 2019, Theorem 8), here extended to
+stride, dilation, groups, transposed layers, 1-D/2-D/3-D kernels and kernels larger than the
+input.
+
+How it is fast: one matrix per conjugate pair of frequencies for real kernels, one matrix for
+every axis where the kernel has a single tap, transfer matrices built by one BLAS product of a
+phase table with the kernel, and batched LAPACK decompositions split over the cores, in chunks
+whose size bounds the memory.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ._parallel import resolve_workers, run_chunks
+from .errors import MemoryBudgetError, ParameterError, ParameterTypeError
+from .spec import ConvSpec, parse_layer
+from .transfer import FrequencyPlan, flat_weight
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "FrequencySpectrum", "frequency_spectrum", "singular_values"]
+
+#: Default cap, in bytes, on the memory one call may use (results and working arrays).
+DEFAULT_MEMORY_BUDGET = 4 * 2**30
+
+#: Target size, in bytes, of the transfer matrices of one chunk of frequencies.
+_CHUNK_BYTES = 8 * 2**20
+
+#: Below this many multiply-adds (sum of p^2 q over the SVDs), work stays on one thread.
+_PARALLEL_MIN_WORK = 2 * 10**7
+
+
+@dataclass(frozen=True)
+class FrequencySpectrum:
+    """The spectrum of a layer resolved by frequency.
+
+    Attributes:
+        singular_values: ``(F, r)`` array (NumPy, or torch on the kernel's device), row ``q``
+            the singular values of the transfer matrix at ``frequencies[q]``, descending;
+            ``r = min(out_channels, stride_prod * in_channels)`` of the forward convolution.
+        frequencies: ``(F, d)`` int64 NumPy array of output-grid frequencies
+            (``0 <= g_a < output_shape[a]``): one representative of each conjugate pair (real
+            kernels); 0 on axes where the kernel has a single tap (every frequency of such an
+            axis has the same matrix).
+        multiplicity: ``(F,)`` int64 NumPy array, how many frequencies of the full output grid
+            have the singular values of row ``q``; it sums to ``prod(output_shape)``.
+        spec: the normalised layer.
+    """
+
+    singular_values: Any
+    frequencies: np.ndarray
+    multiplicity: np.ndarray
+    spec: ConvSpec
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """The output-frequency grid (the forward convolution's output size)."""
+        return self.spec.output_shape
+
+    def max(self) -> Any:
+        """The largest singular value (the operator norm), as a 0-d array of the result's kind."""
+        return self.singular_values[:, 0].max()
+
+    def sorted(self) -> Any:
+        """The whole spectrum, each value repeated by its multiplicity, descending.
+
+        This is exactly what :func:`singular_values` returns.
+        """
+        values = self.singular_values
+        counts = np.repeat(self.multiplicity, values.shape[1])
+        if _is_torch(values):
+            torch = sys.modules["torch"]
+            flat = values.reshape(-1)
+            order = torch.argsort(flat, descending=True)
+            repeats = torch.from_numpy(counts).to(flat.device)[order]
+            return flat[order].repeat_interleave(repeats)
+        flat = values.reshape(-1)
+        order = np.argsort(flat, kind="stable")[::-1]
+        return np.repeat(flat[order], counts[order])
+
+    def to_grid(self) -> Any:
+        """Singular values of every output frequency, ``(*grid_shape, r)``.
+
+        Conjugate partners and collapsed axes are filled in, so ``out[g]`` holds the
+        singular values of T(g) for every g.
+        """
+        spec = self.spec
+        values = self.singular_values
+        plan_grid = tuple(1 if k == 1 else m for k, m in zip(spec.kernel_size, spec.output_shape, strict=True))
+        index = np.ravel_multi_index(tuple(self.frequencies.T), plan_grid)
+        partner = np.ravel_multi_index(tuple(((-self.frequencies) % np.asarray(plan_grid)).T), plan_grid)
+        size = math.prod(plan_grid)
+        target_shape = (*spec.output_shape, values.shape[1])
+        if _is_torch(values):
+            torch = sys.modules["torch"]
+            grid = values.new_empty((size, values.shape[1]))
+            grid[torch.from_numpy(partner).to(values.device)] = values
+            grid[torch.from_numpy(index).to(values.device)] = values
+            return grid.reshape(*plan_grid, -1).expand(*target_shape).contiguous()
+        grid = np.empty((size, values.shape[1]), dtype=values.dtype)
+        grid[partner] = values
+        grid[index] = values
+        return np.ascontiguousarray(np.broadcast_to(grid.reshape(*plan_grid, -1), target_shape))
+
+
+def _is_torch(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
+def _format_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _resolve_budget(max_memory: int | None) -> int:
+    if max_memory is None:
+        return DEFAULT_MEMORY_BUDGET
+    if isinstance(max_memory, bool) or not isinstance(max_memory, int):
+        raise ParameterTypeError(f"max_memory: expected a number of bytes (int) or None, got {max_memory!r}")
+    if max_memory <= 0:
+        raise ParameterError(f"max_memory: expected a positive number of bytes, got {max_memory}")
+    return max_memory
+
+
+def _decompose_numpy(matrices: np.ndarray) -> np.ndarray:
+    """Singular values, descending, of a batch ``(B, p, q)`` of complex matrices."""
+    if min(matrices.shape[1:]) == 1:
+        return np.sqrt(np.sum(matrices.real**2 + matrices.imag**2, axis=(1, 2)))[:, None]
+    return np.linalg.svd(matrices, compute_uv=False)
+
+
+def _decompose_torch(matrices: Any) -> Any:
+    torch = sys.modules["torch"]
+    if min(matrices.shape[1:]) == 1:
+        return torch.linalg.vector_norm(matrices, dim=(1, 2))[:, None]
+    return torch.linalg.svdvals(matrices)
+
+
+class _Computation:
+    """One spectrum computation: plan, chunking, memory check, backend choice."""
+
+    def __init__(self, spec: ConvSpec, weight: Any, workers: int | None, max_memory: int | None) -> None:
+        self.spec = spec
+        self.weight = weight
+        self.use_torch = _is_torch(weight) and (
+            weight.device.type != "cpu" or (weight.requires_grad and sys.modules["torch"].is_grad_enabled())
+        )
+        self.is_complex = bool(weight.is_complex()) if _is_torch(weight) else bool(np.iscomplexobj(weight))
+        self.plan = FrequencyPlan.create(spec, real=not self.is_complex)
+        self.workers = 1 if self.use_torch else resolve_workers(workers)
+        rows, cols = spec.block_shape
+        work = self.plan.count * spec.groups * min(rows, cols) ** 2 * max(rows, cols)
+        if work < _PARALLEL_MIN_WORK:  # a few milliseconds: threads would cost more than they save
+            self.workers = 1
+        self.budget = _resolve_budget(max_memory)
+        single = weight.dtype in (np.float32, np.complex64) or str(weight.dtype) in ("torch.float32", "torch.complex64")
+        self.real_itemsize = 4 if single else 8
+        self.rank = min(rows, cols) * spec.groups  # singular values per frequency
+        self.bytes_per_frequency = 2 * self.real_itemsize * rows * cols * spec.groups
+
+    def check_memory(self, *, expanded: bool) -> None:
+        """Refuse, with the estimate, a request that would exceed the budget."""
+        plan = self.plan
+        per_chunk = max(1, _CHUNK_BYTES // self.bytes_per_frequency)
+        working = min(self.workers, len(plan.chunks(per_chunk))) * 3 * per_chunk * self.bytes_per_frequency
+        table = plan.count * (self.rank * self.real_itemsize + 24)
+        total = working + table
+        if expanded:
+            total += self.spec.num_singular_values * (2 * self.real_itemsize + 16)
+        if total > self.budget:
+            what = (
+                f"{self.spec.num_singular_values:,} singular values"
+                if expanded
+                else f"{plan.count:,} frequencies x {self.rank} singular values"
+            )
+            raise MemoryBudgetError(
+                f"max_memory: this request ({what}) needs about {_format_bytes(total)}, over the budget of "
+                f"{_format_bytes(self.budget)}; pass a larger max_memory (bytes) if the machine has it"
+                + ("" if not expanded else ", or use frequency_spectrum(), which stores one row per frequency pair")
+            )
+
+    def run(self) -> FrequencySpectrum:
+        plan = self.plan
+        per_chunk = max(1, _CHUNK_BYTES // self.bytes_per_frequency)
+        if not self.use_torch and self.workers > 1:  # enough chunks to keep every worker busy
+            per_chunk = max(1, min(per_chunk, math.ceil(plan.count / (8 * self.workers))))
+        ranges = plan.chunks(per_chunk)
+        if self.use_torch:
+            flat = flat_weight(self.weight)
+            parts = [self._chunk_torch(flat, r) for r in ranges]
+            values = sys.modules["torch"].cat([p[0] for p in parts])
+        else:
+            weight = self.weight.detach().cpu().numpy() if _is_torch(self.weight) else self.weight
+            flat = flat_weight(weight)
+            parts = run_chunks(lambda r: self._chunk_numpy(flat, r), ranges, self.workers)
+            values = np.concatenate([p[0] for p in parts])
+            if _is_torch(self.weight):
+                values = sys.modules["torch"].from_numpy(values)
+        return FrequencySpectrum(
+            singular_values=values,
+            frequencies=np.concatenate([p[1] for p in parts]),
+            multiplicity=np.concatenate([p[2] for p in parts]),
+            spec=self.spec,
+        )
+
+    def _rows(self, values: Any, batch: int) -> Any:
+        values = values.reshape(batch, self.rank)
+        if self.spec.groups > 1:  # union of the groups' values, descending per frequency
+            if _is_torch(values):
+                values = values.sort(dim=1, descending=True).values
+            else:
+                values = -np.sort(-values, axis=1)
+        return values
+
+    def _chunk_numpy(self, flat: np.ndarray, index_range: tuple[int, int]) -> tuple[Any, np.ndarray, np.ndarray]:
+        freqs, multiplicity = self.plan.representatives(*index_range)
+        values = _decompose_numpy(self.plan.transfer_numpy(flat, freqs))
+        return self._rows(values, len(freqs)), freqs, multiplicity
+
+    def _chunk_torch(self, flat: Any, index_range: tuple[int, int]) -> tuple[Any, np.ndarray, np.ndarray]:
+        freqs, multiplicity = self.plan.representatives(*index_range)
+        values = _decompose_torch(self.plan.transfer_torch(flat, freqs))
+        return self._rows(values, len(freqs)), freqs, multiplicity
+
+
+def frequency_spectrum(
+    kernel: Any,
+    input_shape: int | Sequence[int],
+    *,
+    layout: str = "OIHW",
+    stride: int | Sequence[int] | None = None,
+    dilation: int | Sequence[int] | None = None,
+    groups: int | None = None,
+    transposed: bool | None = None,
+    workers: int | None = None,
+    max_memory: int | None = None,
+) -> FrequencySpectrum:
+    """Singular values of a wrap-around convolution, frequency by frequency.
+
+    Same arguments as :func:`singular_values`. Returns a :class:`FrequencySpectrum`: the
+    singular values of each frequency's transfer matrix T(g) with the frequency and its
+    multiplicity. ``.sorted()`` gives the full spectrum, ``.max()`` the operator norm,
+    ``.to_grid()`` an array indexed by frequency (for heat maps).
+
+    Example:
+        >>> import numpy as np, convspectra as cs
+        >>> fs = cs.frequency_spectrum(np.ones((1, 1, 2, 2)), (4, 4))
+        >>> fs.singular_values.shape, int(fs.multiplicity.sum())
+        ((10, 1), 16)
+        >>> float(fs.max())
+        4.0
+        >>> fs.to_grid()[:, :, 0].round(3)
+        array([[4.   , 2.828, 0.   , 2.828],
+               [2.828, 2.   , 0.   , 2.   ],
+               [0.   , 0.   , 0.   , 0.   ],
+               [2.828, 2.   , 0.   , 2.   ]])
+    """
+    spec, weight = parse_layer(
+        kernel, input_shape, layout=layout, stride=stride, dilation=dilation, groups=groups, transposed=transposed
+    )
+    computation = _Computation(spec, weight, workers, max_memory)
+    computation.check_memory(expanded=False)
+    return computation.run()
+
+
+def singular_values(
+    kernel: Any,
+    input_shape: int | Sequence[int],
+    *,
+    layout: str = "OIHW",
+    stride: int | Sequence[int] | None = None,
+    dilation: int | Sequence[int] | None = None,
+    groups: int | None = None,
+    transposed: bool | None = None,
+    workers: int | None = None,
+    max_memory: int | None = None,
+) -> Any:
+    r"""All singular values of a convolution layer with wrap-around (circular) boundary.
+
+    The layer maps an input of spatial size ``input_shape`` (channels ``in``) to its output
+    (channels ``out``, size ``input_shape / stride``), reading tap ``t`` of the kernel at
+    offset ``dilation * t`` modulo the input size on every axis. The result is exactly the
+    multiset that ``svdvals`` of the layer's dense matrix would return, computed from small
+    per-frequency matrices (Sedghi, Gupta & Long 2019, Theorem 8) instead of the dense SVD.
+
+    Args:
+        kernel: the weights: a NumPy array (or anything ``np.asarray`` takes, such as a JAX
+            array), a ``torch.Tensor`` on any device, or a ``torch.nn.Conv1d/2d/3d`` /
+            ``ConvTranspose1d/2d/3d`` module (its stride, dilation, groups and kind are used;
+            its padding is not: this is always the wrap-around operator).
+        input_shape: spatial size of the layer's input: an int (every axis) or one int per
+            spatial axis of the kernel. For a transposed layer, the transposed layer's input.
+        layout: ``"OIHW"`` (channels first: PyTorch; ``"OIW"``, ``"OIDHW"`` fix 1-D/3-D) or
+            ``"HWIO"`` (channels last: TensorFlow, JAX/Flax; ``"WIO"``, ``"DHWIO"``). The
+            number of spatial dimensions (1-3) comes from the kernel.
+        stride: int or per-axis ints (default 1). Must divide every input side (not needed
+            for a transposed layer, whose output is ``stride`` times its input).
+        dilation: int or per-axis ints (default 1).
+        groups: channel groups (default 1); depthwise when it equals the channel count.
+        transposed: the kernel is the weight of a transposed convolution (PyTorch's
+            ``(in, out/groups, k...)`` in "OIHW", TensorFlow's ``(k..., out, in)`` in "HWIO").
+            Its singular values are those of its adjoint, the forward convolution.
+        workers: threads for the NumPy path (default: every core when ``threadpoolctl`` is
+            installed, else 1).
+        max_memory: memory budget in bytes (default :data:`DEFAULT_MEMORY_BUDGET`, 4 GiB);
+            larger requests are refused with the estimate, never run out of memory.
+
+    Returns:
+        1-D array of ``min(rows, columns)`` singular values in descending order: NumPy for
+        NumPy input, a torch tensor on the kernel's device for torch input (differentiable
+        when the kernel requires grad). float32 for float32/float16/bfloat16/complex64
+        kernels, float64 for float64/complex128/integer kernels.
+
+    Raises:
+        ParameterTypeError: unsupported kernel type or dtype.
+        ParameterError: bad layout, shapes, stride (not dividing the input), groups, or a
+            kernel with NaN/Inf entries.
+        MemoryBudgetError: the result would not fit in ``max_memory``.
+
+    Example:
+        >>> import numpy as np, convspectra as cs
+        >>> kernel = np.ones((1, 1, 2, 2))         # footnote 2 of the paper
+        >>> cs.singular_values(kernel, 4)[:4]
+        array([4.        , 2.82842712, 2.82842712, 2.82842712])
+        >>> sv = cs.singular_values(np.random.default_rng(0).normal(size=(64, 32, 3, 3)), 16, stride=2)
+        >>> sv.shape                                # min(64 * 8 * 8, 32 * 16 * 16)
+        (4096,)
+
+    References:
+        H. Sedghi, V. Gupta, P. M. Long. The Singular Values of Convolutional Layers. ICLR 2019.
+    """
+    spec, weight = parse_layer(
+        kernel, input_shape, layout=layout, stride=stride, dilation=dilation, groups=groups, transposed=transposed
+    )
+    computation = _Computation(spec, weight, workers, max_memory)
+    computation.check_memory(expanded=True)
+    return computation.run().sorted()

@@ -1,0 +1,185 @@
+r"""From a kernel to its per-frequency transfer matrices.
+
+The forward convolution of a :class:`~convspectra.spec.ConvSpec` with wrap-around boundary is
+
+.. math::  y_o[u] = \sum_i \sum_t W_{o,i}[t]\; x_i[(s\,u + \delta\,t) \bmod n],
+           \qquad u \in \mathbb{Z}_m^d,\ m = n / s,
+
+(per axis, stride s, dilation δ). In unitary Fourier coordinates it is block diagonal: the
+output frequency :math:`g \in \mathbb{Z}_m^d` receives the s^d input frequencies
+:math:`f = g + j\,m`, :math:`j \in \mathbb{Z}_s^d`, through the matrix
+
+.. math::  T(g) = S^{-1/2}\,\big[\hat W(g + j m)\big]_{j},\qquad
+           \hat W(f)_{o,i} = \sum_t W_{o,i}[t]\, e^{2\pi\mathrm{i}\,\sum_a f_a \delta_a t_a / n_a},
+
+with :math:`S = \prod_a s_a`, columns ordered (j, i). With groups, T(g) is block diagonal,
+one ``(out/groups) x (S*in/groups)`` block per group. The singular values of the layer are the
+union over g of those of T(g) (Sedghi et al. 2019, Theorem 8, extended to stride, dilation
+and groups).
+
+The phases are computed from integers, ``(f*δ*t) mod n``, so taps that wrap around (a kernel
+larger than the input, or a large dilation) land exactly where the operator puts them; no
+FFT crops anything. Further savings:
+
+* a real kernel has ``T(-g) = conj(T(g))`` up to a column permutation, so only one frequency
+  of each conjugate pair is computed (with multiplicity 2);
+* on an axis where the kernel has a single tap the transfer matrix does not depend on the
+  frequency, so that axis is collapsed to one frequency with multiplicity ``m_a``.
+
+Example:
+    >>> import numpy as np
+    >>> from convspectra.spec import parse_layer
+    >>> from convspectra.transfer import FrequencyPlan, flat_weight
+    >>> spec, weight = parse_layer(np.ones((1, 1, 2, 2)), 4)
+    >>> plan = FrequencyPlan.create(spec, real=True)
+    >>> freqs, mult = plan.representatives(0, plan.size)
+    >>> T = plan.transfer_numpy(flat_weight(weight), freqs)
+    >>> T.shape, int(mult.sum())
+    ((10, 1, 1), 16)
+    >>> float(abs(T[0, 0, 0]))  # frequency 0 of the all-ones 2x2 kernel
+    4.0
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .spec import ConvSpec
+
+__all__ = ["FrequencyPlan", "flat_weight"]
+
+
+@dataclass(frozen=True)
+class FrequencyPlan:
+    """Which output frequencies to compute, and how often each one counts.
+
+    Attributes:
+        spec: the layer.
+        grid: the output-frequency grid actually enumerated: ``m_a``, or 1 on collapsed axes.
+        input_grid: the matching input grid (``grid * stride``).
+        collapsed_multiplicity: product of ``m_a`` over collapsed (single-tap) axes.
+        real: whether conjugate symmetry is used (real kernels).
+    """
+
+    spec: ConvSpec
+    grid: tuple[int, ...]
+    input_grid: tuple[int, ...]
+    collapsed_multiplicity: int
+    real: bool
+
+    @classmethod
+    def create(cls, spec: ConvSpec, *, real: bool) -> FrequencyPlan:
+        """Plan the frequencies of ``spec``; ``real`` enables the conjugate-pair saving."""
+        grid, input_grid, collapsed = [], [], 1
+        for k, m, s in zip(spec.kernel_size, spec.output_shape, spec.stride, strict=True):
+            if k == 1:
+                grid.append(1)
+                input_grid.append(s)
+                collapsed *= m
+            else:
+                grid.append(m)
+                input_grid.append(m * s)
+        return cls(spec, tuple(grid), tuple(input_grid), collapsed, real)
+
+    @property
+    def size(self) -> int:
+        """Number of points of the enumerated grid."""
+        return math.prod(self.grid)
+
+    @property
+    def count(self) -> int:
+        """Number of transfer matrices that will be decomposed (one per conjugate pair)."""
+        if not self.real:
+            return self.size
+        self_conjugate = math.prod(2 if m % 2 == 0 else 1 for m in self.grid)
+        return (self.size + self_conjugate) // 2
+
+    def representatives(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frequencies with row-major index in ``[start, stop)`` that represent their class.
+
+        Returns:
+            ``(freqs, multiplicity)``: ``freqs`` is ``(B, d)`` int64 (grid coordinates),
+            ``multiplicity`` is ``(B,)`` int64, the number of frequencies of the full output
+            grid that share each one's transfer matrix up to conjugation.
+        """
+        index = np.arange(start, stop, dtype=np.int64)
+        freqs = np.stack(np.unravel_index(index, self.grid), axis=1).astype(np.int64)
+        if not self.real:
+            return freqs, np.full(len(index), self.collapsed_multiplicity, dtype=np.int64)
+        grid = np.asarray(self.grid, dtype=np.int64)
+        partner = np.ravel_multi_index(tuple(((-freqs) % grid).T), self.grid)
+        keep = index <= partner
+        multiplicity = np.where(index[keep] < partner[keep], 2, 1) * self.collapsed_multiplicity
+        return freqs[keep], multiplicity.astype(np.int64)
+
+    def chunks(self, per_chunk: int) -> list[tuple[int, int]]:
+        """Row-major index ranges holding about ``per_chunk`` representatives each."""
+        step = max(1, per_chunk) * (2 if self.real else 1)
+        return [(start, min(self.size, start + step)) for start in range(0, self.size, step)]
+
+    def phases(self, freqs: np.ndarray) -> np.ndarray:
+        """Phase table ``(B * aliases, taps)`` complex128, scaled by S^(-1/2).
+
+        Row ``b * S + j`` holds ``exp(2 pi i sum_a f_a delta_a t_a / n_a) / sqrt(S)`` for the
+        input frequency ``f = freqs[b] + j * m`` (j in row-major order over the strides);
+        column ``t`` is the kernel tap ``t`` (row-major over the kernel's spatial axes).
+        """
+        spec = self.spec
+        aliases = np.stack(np.unravel_index(np.arange(spec.aliases), spec.stride), axis=1)
+        taps = np.stack(np.unravel_index(np.arange(math.prod(spec.kernel_size)), spec.kernel_size), axis=1)
+        grid = np.asarray(self.grid, dtype=np.int64)
+        n = np.asarray(self.input_grid, dtype=np.int64)
+        f = freqs[:, None, :] + aliases[None, :, :] * grid  # (B, S, d)
+        turns = np.zeros((f.shape[0], f.shape[1], taps.shape[0]))
+        for axis in range(spec.ndim):  # exact integer reduction, then one fraction per axis
+            step = (f[..., axis, None] * (spec.dilation[axis] * taps[:, axis])) % n[axis]
+            turns += step / n[axis]
+        angle = (2 * np.pi) * np.mod(turns, 1.0).reshape(-1, taps.shape[0])
+        return np.exp(1j * angle) / math.sqrt(spec.aliases)
+
+    def _block_layout(self, matrices: Any, batch: int, torch_mode: bool) -> Any:
+        """(B*S, G*a*b0) -> (B*G, a, S*b0): gather the aliased frequencies into columns."""
+        spec = self.spec
+        groups = spec.groups
+        a = spec.out_channels // groups
+        b0 = spec.in_channels // groups
+        aliases = spec.aliases
+        matrices = matrices.reshape(batch, aliases, groups, a, b0)
+        if aliases > 1:
+            matrices = matrices.permute(0, 2, 3, 1, 4) if torch_mode else matrices.transpose(0, 2, 3, 1, 4)
+        return matrices.reshape(batch * groups, a, aliases * b0)
+
+    def transfer_numpy(self, flat: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+        """Transfer matrices ``(B * groups, out/groups, S * in/groups)`` at ``freqs``.
+
+        ``flat`` is :func:`flat_weight` of a NumPy weight (complex64 or complex128).
+        """
+        matrices = self.phases(freqs).astype(flat.dtype, copy=False) @ flat
+        return self._block_layout(matrices, len(freqs), torch_mode=False)
+
+    def transfer_torch(self, flat: Any, freqs: np.ndarray) -> Any:
+        """As :meth:`transfer_numpy` for :func:`flat_weight` of a torch weight (on its device,
+        keeping autograd)."""
+        torch = sys.modules["torch"]
+        phases = torch.from_numpy(self.phases(freqs)).to(device=flat.device, dtype=flat.dtype)
+        return self._block_layout(phases @ flat, len(freqs), torch_mode=True)
+
+
+def flat_weight(weight: Any) -> Any:
+    """(O, I/G, k...) -> (taps, O * I/G) complex, rows in row-major tap order.
+
+    complex64 for float32/complex64 weights, complex128 otherwise; NumPy or torch as given.
+    """
+    out_channels, in_per_group = weight.shape[0], weight.shape[1]
+    flat = weight.reshape(out_channels * in_per_group, -1).T
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(flat, torch.Tensor):
+        single = flat.dtype in (torch.float32, torch.complex64)
+        return flat.to(torch.complex64 if single else torch.complex128).contiguous()
+    single = flat.dtype in (np.float32, np.complex64)
+    return np.ascontiguousarray(flat, dtype=np.complex64 if single else np.complex128)
