@@ -100,6 +100,17 @@ def test_scaling_the_kernel_scales_the_spectrum(layer, alpha):
 
 
 @given(layers(max_dense=300))
+def test_transposed_layer_has_the_spectrum_of_its_forward_layer(layer):
+    kernel, input_shape, kwargs = layer
+    spec = cs.frequency_spectrum(kernel, input_shape, **kwargs).spec
+    flipped = dict(kwargs, transposed=not kwargs["transposed"])
+    other_input = spec.input_shape if kwargs["transposed"] else spec.output_shape
+    np.testing.assert_array_equal(
+        cs.singular_values(kernel, other_input, **flipped), cs.singular_values(kernel, input_shape, **kwargs)
+    )
+
+
+@given(layers(max_dense=300))
 def test_frequency_spectrum_is_consistent(layer):
     kernel, input_shape, kwargs = layer
     fs = cs.frequency_spectrum(kernel, input_shape, **kwargs)
@@ -125,6 +136,27 @@ def test_transfer_matrix_at_each_frequency_matches_a_direct_dft(rng):
     transfer = np.conj(np.fft.fft2(placed, axes=(2, 3)))  # e^{+2 pi i f t / n}
     fs = cs.frequency_spectrum(weight, n)
     grid = fs.to_grid()
+    for g in np.ndindex(*n):
+        expected = np.linalg.svd(transfer[:, :, g[0], g[1]], compute_uv=False)
+        np.testing.assert_allclose(grid[g], expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("complex_kernel", [False, True])
+def test_to_grid_matches_per_frequency_svds_for_numpy_and_torch(complex_kernel, rng):
+    weight = rng.normal(size=(3, 2, 2, 3))
+    if complex_kernel:
+        weight = weight + 1j * rng.normal(size=weight.shape)
+    n = (4, 5)
+    placed = np.zeros((3, 2, *n), dtype=weight.dtype)
+    for t0 in range(2):
+        for t1 in range(3):
+            placed[:, :, t0, t1] += weight[:, :, t0, t1]
+    # e^{+2 pi i f t / n} = n * ifft; for complex kernels the conjugate trick does not apply.
+    transfer = np.fft.ifft2(placed, axes=(2, 3)) * np.prod(n)
+    grid = cs.frequency_spectrum(weight, n).to_grid()
+    grid_torch = cs.frequency_spectrum(torch.from_numpy(weight), n).to_grid()
+    assert isinstance(grid_torch, torch.Tensor)
+    np.testing.assert_array_equal(grid_torch.numpy(), grid)
     for g in np.ndindex(*n):
         expected = np.linalg.svd(transfer[:, :, g[0], g[1]], compute_uv=False)
         np.testing.assert_allclose(grid[g], expected, rtol=0, atol=1e-12)

@@ -53,13 +53,18 @@ class FrequencySpectrum:
             axis has the same matrix).
         multiplicity: ``(F,)`` int64 NumPy array, how many frequencies of the full output grid
             have the singular values of row ``q``; it sums to ``prod(output_shape)``.
-        spec: the normalised layer.
+        plan: which frequencies were computed (:class:`~convspectra.transfer.FrequencyPlan`).
     """
 
     singular_values: Any
     frequencies: np.ndarray
     multiplicity: np.ndarray
-    spec: ConvSpec
+    plan: FrequencyPlan
+
+    @property
+    def spec(self) -> ConvSpec:
+        """The normalised layer."""
+        return self.plan.spec
 
     @property
     def grid_shape(self) -> tuple[int, ...]:
@@ -93,22 +98,20 @@ class FrequencySpectrum:
         Conjugate partners and collapsed axes are filled in, so ``out[g]`` holds the
         singular values of T(g) for every g.
         """
-        spec = self.spec
         values = self.singular_values
-        plan_grid = tuple(1 if k == 1 else m for k, m in zip(spec.kernel_size, spec.output_shape, strict=True))
-        index = np.ravel_multi_index(tuple(self.frequencies.T), plan_grid)
-        partner = np.ravel_multi_index(tuple(((-self.frequencies) % np.asarray(plan_grid)).T), plan_grid)
-        size = math.prod(plan_grid)
-        target_shape = (*spec.output_shape, values.shape[1])
+        plan_grid = self.plan.grid
+        targets = [np.ravel_multi_index(tuple(self.frequencies.T), plan_grid)]
+        if self.plan.real:  # T(-g) has the singular values of T(g)
+            targets.append(np.ravel_multi_index(tuple(((-self.frequencies) % np.asarray(plan_grid)).T), plan_grid))
+        target_shape = (*self.spec.output_shape, values.shape[1])
         if _is_torch(values):
-            torch = sys.modules["torch"]
-            grid = values.new_empty((size, values.shape[1]))
-            grid[torch.from_numpy(partner).to(values.device)] = values
-            grid[torch.from_numpy(index).to(values.device)] = values
+            grid = values.new_empty((self.plan.size, values.shape[1]))
+            for target in targets:
+                grid[sys.modules["torch"].from_numpy(target).to(values.device)] = values
             return grid.reshape(*plan_grid, -1).expand(*target_shape).contiguous()
-        grid = np.empty((size, values.shape[1]), dtype=values.dtype)
-        grid[partner] = values
-        grid[index] = values
+        grid = np.empty((self.plan.size, values.shape[1]), dtype=values.dtype)
+        for target in targets:
+            grid[target] = values
         return np.ascontiguousarray(np.broadcast_to(grid.reshape(*plan_grid, -1), target_shape))
 
 
@@ -136,9 +139,9 @@ def _resolve_budget(max_memory: int | None) -> int:
 
 
 def _decompose_numpy(matrices: np.ndarray) -> np.ndarray:
-    """Singular values, descending, of a batch ``(B, p, q)`` of complex matrices."""
+    """Singular values, descending, of a batch ``(B, p, q)`` of matrices."""
     if min(matrices.shape[1:]) == 1:
-        return np.sqrt(np.sum(matrices.real**2 + matrices.imag**2, axis=(1, 2)))[:, None]
+        return np.linalg.norm(matrices.reshape(len(matrices), -1), axis=1)[:, None]
     return np.linalg.svd(matrices, compute_uv=False)
 
 
@@ -161,14 +164,14 @@ class _Computation:
         self.is_complex = bool(weight.is_complex()) if _is_torch(weight) else bool(np.iscomplexobj(weight))
         self.plan = FrequencyPlan.create(spec, real=not self.is_complex)
         self.workers = 1 if self.use_torch else resolve_workers(workers)
-        rows, cols = spec.block_shape
+        rows, cols = self.plan.block_shape  # what is decomposed, per group and frequency
         work = self.plan.count * spec.groups * min(rows, cols) ** 2 * max(rows, cols)
         if work < _PARALLEL_MIN_WORK:  # a few milliseconds: threads would cost more than they save
             self.workers = 1
         self.budget = _resolve_budget(max_memory)
         single = weight.dtype in (np.float32, np.complex64) or str(weight.dtype) in ("torch.float32", "torch.complex64")
         self.real_itemsize = 4 if single else 8
-        self.rank = min(rows, cols) * spec.groups  # singular values per frequency
+        self.rank = min(spec.block_shape) * spec.groups  # singular values per frequency
         self.bytes_per_frequency = 2 * self.real_itemsize * rows * cols * spec.groups
 
     def check_memory(self, *, expanded: bool) -> None:
@@ -213,10 +216,17 @@ class _Computation:
             singular_values=values,
             frequencies=np.concatenate([p[1] for p in parts]),
             multiplicity=np.concatenate([p[2] for p in parts]),
-            spec=self.spec,
+            plan=plan,
         )
 
     def _rows(self, values: Any, batch: int) -> Any:
+        """(B*G, computed rank) -> (B, rank): the zeros of collapsed aliases added, each row descending."""
+        zeros = self.plan.zeros_per_block
+        if zeros:
+            if _is_torch(values):
+                values = sys.modules["torch"].nn.functional.pad(values, (0, zeros))
+            else:
+                values = np.pad(values, ((0, 0), (0, zeros)))
         values = values.reshape(batch, self.rank)
         if self.spec.groups > 1:  # union of the groups' values, descending per frequency
             if _is_torch(values):
@@ -227,7 +237,12 @@ class _Computation:
 
     def _chunk_numpy(self, flat: np.ndarray, index_range: tuple[int, int]) -> tuple[Any, np.ndarray, np.ndarray]:
         freqs, multiplicity = self.plan.representatives(*index_range)
-        values = _decompose_numpy(self.plan.transfer_numpy(flat, freqs))
+        matrices = self.plan.transfer_numpy(flat, freqs)
+        if self.plan.real and self.plan.aliases == 1 and not np.any((2 * freqs) % np.asarray(self.plan.grid)):
+            # Self-conjugate frequencies of a real kernel (the only one of a 1x1 layer): real
+            # matrices, up to the rounding of the phases +-1; real LAPACK is about 4x cheaper.
+            matrices = np.ascontiguousarray(matrices.real)
+        values = _decompose_numpy(matrices)
         return self._rows(values, len(freqs)), freqs, multiplicity
 
     def _chunk_torch(self, flat: Any, index_range: tuple[int, int]) -> tuple[Any, np.ndarray, np.ndarray]:

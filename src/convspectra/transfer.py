@@ -24,7 +24,9 @@ FFT crops anything. Further savings:
 * a real kernel has ``T(-g) = conj(T(g))`` up to a column permutation, so only one frequency
   of each conjugate pair is computed (with multiplicity 2);
 * on an axis where the kernel has a single tap the transfer matrix does not depend on the
-  frequency, so that axis is collapsed to one frequency with multiplicity ``m_a``.
+  frequency, so that axis is collapsed to one frequency with multiplicity ``m_a``, and its
+  ``s_a`` equal alias blocks to one (the dropped copies only add zero singular values): a
+  1x1 convolution, strided or not, is one SVD of the ``out x in`` matrix.
 
 Example:
     >>> import numpy as np
@@ -58,33 +60,55 @@ __all__ = ["FrequencyPlan", "flat_weight"]
 class FrequencyPlan:
     """Which output frequencies to compute, and how often each one counts.
 
+    On an axis where the kernel has a single tap, every frequency has the same transfer
+    matrix and the ``s_a`` aliases of that axis are equal blocks; such an axis is planned as
+    one frequency (multiplicity ``m_a``) with one alias: the matrix without the repeated blocks
+    has the same non-zero singular values, and the rest are zeros.
+
     Attributes:
         spec: the layer.
         grid: the output-frequency grid actually enumerated: ``m_a``, or 1 on collapsed axes.
-        input_grid: the matching input grid (``grid * stride``).
+        stride: the aliases folded per axis: ``s_a``, or 1 on collapsed axes.
         collapsed_multiplicity: product of ``m_a`` over collapsed (single-tap) axes.
         real: whether conjugate symmetry is used (real kernels).
     """
 
     spec: ConvSpec
     grid: tuple[int, ...]
-    input_grid: tuple[int, ...]
+    stride: tuple[int, ...]
     collapsed_multiplicity: int
     real: bool
 
     @classmethod
     def create(cls, spec: ConvSpec, *, real: bool) -> FrequencyPlan:
         """Plan the frequencies of ``spec``; ``real`` enables the conjugate-pair saving."""
-        grid, input_grid, collapsed = [], [], 1
+        grid, stride, collapsed = [], [], 1
         for k, m, s in zip(spec.kernel_size, spec.output_shape, spec.stride, strict=True):
-            if k == 1:
-                grid.append(1)
-                input_grid.append(s)
-                collapsed *= m
-            else:
-                grid.append(m)
-                input_grid.append(m * s)
-        return cls(spec, tuple(grid), tuple(input_grid), collapsed, real)
+            grid.append(1 if k == 1 else m)
+            stride.append(1 if k == 1 else s)
+            collapsed *= m if k == 1 else 1
+        return cls(spec, tuple(grid), tuple(stride), collapsed, real)
+
+    @property
+    def input_grid(self) -> tuple[int, ...]:
+        """The input grid the phases are taken on (``grid * stride``)."""
+        return tuple(m * s for m, s in zip(self.grid, self.stride, strict=True))
+
+    @property
+    def aliases(self) -> int:
+        """Input frequencies folded onto each output frequency in the computed matrices."""
+        return math.prod(self.stride)
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """Shape of one group's computed transfer matrix: (out/groups, aliases*in/groups)."""
+        spec = self.spec
+        return (spec.out_channels // spec.groups, self.aliases * (spec.in_channels // spec.groups))
+
+    @property
+    def zeros_per_block(self) -> int:
+        """Zero singular values each block has beyond those of its computed matrix."""
+        return min(self.spec.block_shape) - min(self.block_shape)
 
     @property
     def size(self) -> int:
@@ -130,7 +154,7 @@ class FrequencyPlan:
         column ``t`` is the kernel tap ``t`` (row-major over the kernel's spatial axes).
         """
         spec = self.spec
-        aliases = np.stack(np.unravel_index(np.arange(spec.aliases), spec.stride), axis=1)
+        aliases = np.stack(np.unravel_index(np.arange(self.aliases), self.stride), axis=1)
         taps = np.stack(np.unravel_index(np.arange(math.prod(spec.kernel_size)), spec.kernel_size), axis=1)
         grid = np.asarray(self.grid, dtype=np.int64)
         n = np.asarray(self.input_grid, dtype=np.int64)
@@ -140,7 +164,7 @@ class FrequencyPlan:
             step = (f[..., axis, None] * (spec.dilation[axis] * taps[:, axis])) % n[axis]
             turns += step / n[axis]
         angle = (2 * np.pi) * np.mod(turns, 1.0).reshape(-1, taps.shape[0])
-        return np.exp(1j * angle) / math.sqrt(spec.aliases)
+        return np.exp(1j * angle) / math.sqrt(self.aliases)
 
     def _block_layout(self, matrices: Any, batch: int, torch_mode: bool) -> Any:
         """(B*S, G*a*b0) -> (B*G, a, S*b0): gather the aliased frequencies into columns."""
@@ -148,7 +172,7 @@ class FrequencyPlan:
         groups = spec.groups
         a = spec.out_channels // groups
         b0 = spec.in_channels // groups
-        aliases = spec.aliases
+        aliases = self.aliases
         matrices = matrices.reshape(batch, aliases, groups, a, b0)
         if aliases > 1:
             matrices = matrices.permute(0, 2, 3, 1, 4) if torch_mode else matrices.transpose(0, 2, 3, 1, 4)

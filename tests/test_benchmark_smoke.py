@@ -1,0 +1,27 @@
+"""The benchmark script runs (smoke mode) and its accuracy figures hold; no timing is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_singular_values.py"
+
+
+def test_benchmark_quick_run_reports_every_suite(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_singular_values", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    assert module.main(["--quick", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("machine: ")
+    results = json.loads(out.read_text())
+    errors = results["resnet50"]["max_error_vs_paper_float64_relative_to_sigma_max"]
+    assert errors["convspectra float64"] <= 1e-12
+    assert errors["convspectra float32"] <= 1e-5
+    for row in results["resnet50_1x1"]["rows"]:
+        assert row.get("max_error_vs_paper", 0.0) <= 1e-12
+    for row in results["small"]["rows"]:
+        assert row["max_error_vs_dense"] <= 1e-12
