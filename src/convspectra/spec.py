@@ -307,9 +307,9 @@ def parse_layer(
     if isinstance(groups_i, (bool, np.bool_)) or not isinstance(groups_i, numbers.Integral):
         raise ParameterTypeError(f"groups: expected a positive int, got {groups!r}")
     groups_i = int(groups_i)
-    transposed_b = bool(transposed) if transposed is not None else False
     if transposed is not None and not isinstance(transposed, (bool, np.bool_)):
         raise ParameterTypeError(f"transposed: expected True or False, got {transposed!r}")
+    transposed_b = bool(transposed)
 
     out_channels, in_per_group = int(weight.shape[0]), int(weight.shape[1])
     if groups_i < 1 or out_channels % groups_i:
@@ -333,15 +333,10 @@ def parse_layer(
         forward_input = input_shape_t
         output_shape = tuple(n // s for n, s in zip(input_shape_t, stride_t, strict=True))
 
-    if is_torch:
-        if weight.dtype != work:
-            weight = weight.to(work)
-        finite = bool(sys.modules["torch"].isfinite(weight).all())
-    else:
-        weight = weight.astype(work, copy=False)
-        finite = bool(np.isfinite(weight).all())
-    if not finite:
-        count = int((~(sys.modules["torch"].isfinite(weight))).sum()) if is_torch else int((~np.isfinite(weight)).sum())
+    weight = weight.to(work) if is_torch else weight.astype(work, copy=False)
+    finite = sys.modules["torch"].isfinite(weight) if is_torch else np.isfinite(weight)
+    count = int((~finite).sum())
+    if count:
         raise ParameterError(f"kernel: expected finite values, got {count} NaN or infinite entries (shape {shape})")
 
     spec = ConvSpec(
