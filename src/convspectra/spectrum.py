@@ -237,12 +237,7 @@ class _Computation:
 
     def _chunk_numpy(self, flat: np.ndarray, index_range: tuple[int, int]) -> tuple[Any, np.ndarray, np.ndarray]:
         freqs, multiplicity = self.plan.representatives(*index_range)
-        matrices = self.plan.transfer_numpy(flat, freqs)
-        if self.plan.real and self.plan.aliases == 1 and not np.any((2 * freqs) % np.asarray(self.plan.grid)):
-            # Self-conjugate frequencies of a real kernel (the only one of a 1x1 layer): real
-            # matrices, up to the rounding of the phases +-1; real LAPACK is about 4x cheaper.
-            matrices = np.ascontiguousarray(matrices.real)
-        values = _decompose_numpy(matrices)
+        values = _decompose_numpy(self.plan.transfer_numpy(flat, freqs))
         return self._rows(values, len(freqs)), freqs, multiplicity
 
     def _chunk_torch(self, flat: Any, index_range: tuple[int, int]) -> tuple[Any, np.ndarray, np.ndarray]:

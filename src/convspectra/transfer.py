@@ -181,9 +181,14 @@ class FrequencyPlan:
     def transfer_numpy(self, flat: np.ndarray, freqs: np.ndarray) -> np.ndarray:
         """Transfer matrices ``(B * groups, out/groups, S * in/groups)`` at ``freqs``.
 
-        ``flat`` is :func:`flat_weight` of a NumPy weight (complex64 or complex128).
+        ``flat`` is :func:`flat_weight` of a NumPy weight (complex64 or complex128). When every
+        frequency is self-conjugate (``2g = 0``) with no aliases and the kernel is real (the only
+        frequency of a 1x1 layer), the phases are +-1 and the matrices are returned real, for
+        real LAPACK (about 4x cheaper).
         """
         matrices = self.phases(freqs).astype(flat.dtype, copy=False) @ flat
+        if self.real and self.aliases == 1 and not np.any((2 * freqs) % np.asarray(self.grid)):
+            matrices = np.ascontiguousarray(matrices.real)
         return self._block_layout(matrices, len(freqs), torch_mode=False)
 
     def transfer_torch(self, flat: Any, freqs: np.ndarray) -> Any:
