@@ -67,5 +67,5 @@ def test_unwritable_json_path_is_refused_before_any_work(tmp_path, capsys):
     assert code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("convspectra: error: --json:") and captured.err.count("\n") == 1
+    assert captured.err.startswith("convspectra: error: argument --json:") and captured.err.count("\n") == 1
     assert "missing" in captured.err
