@@ -155,7 +155,8 @@ class ConvOperator:
 
     def _samples(self) -> tuple[np.ndarray, ...]:
         return tuple(
-            (s * np.arange(m) - sh) % g for s, m, sh, g in zip(self.stride, self.output_shape, self.shift, self.grid)
+            (s * np.arange(m) - sh) % g
+            for s, m, sh, g in zip(self.stride, self.output_shape, self.shift, self.grid, strict=True)
         )
 
     def _forward_fft(self, z: np.ndarray) -> np.ndarray:
@@ -180,7 +181,7 @@ class ConvOperator:
         """``A x`` for ``x`` of shape ``(in_channels, *input_shape)`` (or flat)."""
         x = np.asarray(x).reshape(self.in_channels, *self.input_shape)
         padded = np.zeros((self.in_channels, *self.grid), dtype=np.result_type(x, self.weight))
-        padded[(slice(None), *(slice(o, o + n) for o, n in zip(self.offset, self.input_shape)))] = x
+        padded[(slice(None), *(slice(o, o + n) for o, n in zip(self.offset, self.input_shape, strict=True)))] = x
         full = self._inverse_fft(self._multiply(self._forward_fft(padded), adjoint=False))
         return full[(slice(None), *np.ix_(*self._samples()))]
 
@@ -190,4 +191,4 @@ class ConvOperator:
         full = np.zeros((self.out_channels, *self.grid), dtype=np.result_type(y, self.weight))
         np.add.at(full, (slice(None), *np.ix_(*self._samples())), y)
         back = self._inverse_fft(self._multiply(self._forward_fft(full), adjoint=True))
-        return back[(slice(None), *(slice(o, o + n) for o, n in zip(self.offset, self.input_shape)))]
+        return back[(slice(None), *(slice(o, o + n) for o, n in zip(self.offset, self.input_shape, strict=True)))]

@@ -152,8 +152,8 @@ def _resolve(
     if isinstance(padding, str) and padding == "module":
         if not is_module:
             raise ParameterError(
-                f"padding: 'module' reads a torch conv module's own padding, but the kernel is {type(kernel).__name__}; "
-                "pass the padding explicitly"
+                "padding: 'module' reads a torch conv module's own padding, but the kernel is "
+                f"{type(kernel).__name__}; pass the padding explicitly"
             )
         padding_mode = getattr(kernel, "padding_mode", "zeros")
         if padding_mode not in ("zeros", "circular"):
