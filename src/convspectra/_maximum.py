@@ -59,36 +59,65 @@ class CircularMaximum:
     total: int
 
 
-def _sigma_max(matrices: np.ndarray, floor: float = -np.inf) -> np.ndarray:
-    """Largest singular value of each of ``(B, p, q)`` matrices, via the smaller Gram matrix.
+#: Gram-iteration steps tried before the eigensolver when a floor is given.
+_GRAM_STEPS = 3
 
-    Matrices whose Frobenius norm, or the fourth root of their Gram matrix's squared Frobenius
-    norm, is at most ``floor`` cannot exceed it: their (upper-bound) value is returned instead
-    of the exact one and the eigensolver is skipped for them.
+
+def _squared_norms(matrices: np.ndarray) -> np.ndarray:
+    """``(B,)`` squared Frobenius norms of contiguous ``(B, p, q)`` matrices, without copies."""
+    flat = matrices.reshape(len(matrices), -1)
+    if np.iscomplexobj(flat):
+        flat = flat.view(np.float64 if flat.dtype == np.complex128 else np.float32)
+    return np.einsum("bk,bk->b", flat, flat)
+
+
+def _sigma_max(matrices: np.ndarray, floor: float = -np.inf) -> np.ndarray:
+    """Largest singular value of each of ``(B, p, q)`` matrices (LAPACK SVD, values only).
+
+    With a finite ``floor``, matrices that provably cannot exceed it are settled by cheap upper
+    bounds and skip the eigensolver (their returned value is that bound, itself at most
+    ``floor``): the Frobenius norm, then Gram iteration (Delattre et al. 2023),
+    ``sigma <= ||G^(2^k)||_F^(1 / 2^(k+1))`` for ``G = M^H M``, which tends to ``sigma`` as k grows
+    (each step one matrix product, renormalised, the scale kept as a logarithm).
     """
-    matrices = np.ascontiguousarray(matrices)
     p, q = matrices.shape[1:]
-    frobenius = np.sqrt(np.einsum("bij,bij->b", matrices, matrices.conj()).real)
+    if not np.isfinite(floor) and min(p, q) > 1:
+        return np.linalg.svd(matrices, compute_uv=False)[:, 0]
+    matrices = np.ascontiguousarray(matrices)
+    frobenius = np.sqrt(_squared_norms(matrices))
     if min(p, q) == 1:
         return frobenius
     result = frobenius.copy()
     todo = np.flatnonzero(frobenius > floor)
     if not len(todo):
         return result
-    part = matrices[todo]
-    herm = np.ascontiguousarray(np.swapaxes(part, 1, 2).conj())
-    gram = part @ herm if p <= q else herm @ part
-    bound = np.sqrt(np.sqrt(np.einsum("bij,bij->b", gram, gram.conj()).real))  # ||G||_F^(1/2)
-    result[todo] = bound
-    if np.isfinite(floor):  # one more Gram step: ||G^2||_F^(1/4), a GEMM instead of an eigensolver
-        keep = bound > floor
-        todo, gram = todo[keep], gram[keep]
-        square = gram @ gram
-        bound = np.sqrt(np.sqrt(np.sqrt(np.einsum("bij,bij->b", square, square.conj()).real)))
-        result[todo] = np.minimum(result[todo], bound)
-    keep = bound > floor
-    if keep.any():
-        result[todo[keep]] = np.sqrt(np.maximum(np.linalg.eigvalsh(gram[keep])[:, -1], 0.0))
+    if np.isfinite(floor):
+        part = matrices[todo]
+        herm = np.ascontiguousarray(np.swapaxes(part, 1, 2).conj())
+        gram = part @ herm if p <= q else herm @ part
+        log_floor = np.log(floor) if floor > 0 else -np.inf
+        current, log_scale, power = gram, np.zeros(len(todo)), 1  # G^power = exp(log_scale) * current
+        keep_idx = np.arange(len(todo))
+        for _ in range(_GRAM_STEPS):
+            norm = np.sqrt(_squared_norms(current))
+            with np.errstate(divide="ignore"):
+                log_scale = log_scale + np.log(norm)
+            bound_log = log_scale / (2 * power)  # log of the bound on sigma
+            result[todo[keep_idx]] = np.minimum(result[todo[keep_idx]], np.exp(bound_log))
+            alive = bound_log > log_floor
+            if alive.mean() > 0.5:  # this step settled too few: more steps would not pay for themselves
+                keep_idx = keep_idx[alive]
+                break
+            if not alive.all():
+                keep_idx, current, log_scale, norm = keep_idx[alive], current[alive], log_scale[alive], norm[alive]
+            if not len(keep_idx):
+                return result
+            current = current / np.maximum(norm, np.finfo(float).tiny)[:, None, None]
+            current = current @ current
+            log_scale, power = 2 * log_scale, 2 * power
+        todo = todo[keep_idx]
+    # the exact value: LAPACK's SVD is faster here than the Gram matrix's eigenvalues (measured)
+    result[todo] = np.linalg.svd(matrices[todo], compute_uv=False)[:, 0]
     return result
 
 
@@ -121,31 +150,103 @@ def _gram_bound(matrices: np.ndarray) -> np.ndarray:
     p, q = matrices.shape[1:]
     herm = np.ascontiguousarray(np.swapaxes(matrices, 1, 2).conj())
     gram = matrices @ herm if p <= q else herm @ matrices
-    return np.sqrt(np.sqrt(np.einsum("bij,bij->b", gram, gram.conj()).real))
+    return np.sqrt(np.sqrt(_squared_norms(gram)))
 
 
-def centre_values(
-    plan: FrequencyPlan, flat: np.ndarray, freqs: np.ndarray, slopes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Largest singular values at ``freqs`` and bounds on the norms of the derivatives there.
+@dataclass(frozen=True)
+class _Centres:
+    """First- and second-order data of the transfer matrices at box centres, per group block.
 
-    Returns:
-        ``(values (B,), derivative_norms (B, d))``: ``derivative_norms[b, a]`` bounds
-        ``||D_a||_2`` with ``D_a = sum_t slopes[t, a] W_t exp(i theta_t)``, the derivative of the
-        (phase-centred) transfer matrix along axis ``a`` per grid step (max over groups).
+    With ``T(g0 + D) = T0 + sum_a D_a K_a + E`` (phase-centred, ``K_a = i D_a`` the derivative
+    per grid step, ``||E|| <= sum_t ||W_t|| alpha_t^2 / 2``) and ``P0 = T0 T0^H = sum lambda_i v_i v_i^H``
+    (on the smaller side), the largest eigenvalue ``mu`` of ``P0 + sum_a D_a H_a``,
+    ``H_a = K_a T0^H + T0 K_a^H``, obeys, with ``a = lambda_1 + v^H (sum D_a H_a) v``,
+    ``||b|| <= sum |D_a| ||H_a v||`` and ``c <= lambda_2 + sum |D_a| ||H_a||`` (Schur complement):
+    ``mu <= max(c, a + ||b||^2 / (a - c))`` when ``a > c``, else ``mu <= max(a, c) + ||b||``.
+    Near a maximum ``v^H H_a v`` vanishes and the bound grows only quadratically.
+    """
+
+    value: np.ndarray  # (B,) sigma_max, max over groups
+    lam1: np.ndarray  # (B*G,)
+    lam2: np.ndarray  # (B*G,)
+    slope: np.ndarray  # (B*G, d) |v^H H_a v|
+    coupling: np.ndarray  # (B*G, d) ||H_a v||
+    h_norm: np.ndarray  # (B*G, d) bound on ||H_a||
+    k_norm: np.ndarray  # (B*G, d) bound on ||K_a||
+    groups: int
+
+    def select(self, keep: np.ndarray) -> _Centres:
+        """The centres where ``keep`` (B,) is true."""
+        block = np.repeat(keep, self.groups)
+        return _Centres(
+            self.value[keep],
+            self.lam1[block],
+            self.lam2[block],
+            self.slope[block],
+            self.coupling[block],
+            self.h_norm[block],
+            self.k_norm[block],
+            self.groups,
+        )
+
+    def bound(self, radius: np.ndarray, remainder: np.ndarray) -> np.ndarray:
+        """``(B,)`` upper bound on sigma_max over boxes of half-widths ``radius`` (B, d)."""
+        r = np.repeat(radius.astype(float), self.groups, axis=0)
+        a_hi = self.lam1 + (r * self.slope).sum(1)
+        a_lo = self.lam1 - (r * self.slope).sum(1)
+        b = (r * self.coupling).sum(1)
+        c = self.lam2 + (r * self.h_norm).sum(1)
+        quad = (r * self.k_norm).sum(1) ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            schur = np.maximum(c, a_hi + b**2 / (a_lo - c))
+        mu = np.where(a_lo > c, schur, np.maximum(a_hi, c) + b)
+        sigma = np.sqrt(np.maximum(mu + quad, 0.0)) + np.repeat(remainder, self.groups)
+        return sigma.reshape(-1, self.groups).max(axis=1)
+
+
+def centre_values(plan: FrequencyPlan, flat: np.ndarray, freqs: np.ndarray, slopes: np.ndarray) -> _Centres:
+    """Largest singular values at ``freqs`` and the local expansion data of :class:`_Centres`.
+
+    ``slopes[t, a]`` is the phase change of tap t per grid step along axis a (centred taps).
     """
     groups = plan.spec.groups
     batch = len(freqs)
     phases = plan.phases(freqs)
-    values = _sigma_max(plan._block_layout(phases @ flat, batch, torch_mode=False))
-    values = values.reshape(batch, groups).max(axis=1)
-    norms = np.zeros((batch, slopes.shape[1]))
+    t0 = np.ascontiguousarray(plan._block_layout(phases @ flat, batch, torch_mode=False))
+    p, q = t0.shape[1:]
+    ks = []
     for axis in range(slopes.shape[1]):
-        if not slopes[:, axis].any():
-            continue
-        derivative = plan._block_layout((phases * slopes[None, :, axis]) @ flat, batch, torch_mode=False)
-        norms[:, axis] = _gram_bound(derivative).reshape(batch, groups).max(axis=1)
-    return values, norms
+        ks.append(
+            np.ascontiguousarray(plan._block_layout((phases * (1j * slopes[None, :, axis])) @ flat, batch, False))
+        )
+    if p > q:  # work on the smaller side: sigma(T) = sigma(T^H)
+        t0 = np.ascontiguousarray(np.swapaxes(t0, 1, 2).conj())
+        ks = [np.ascontiguousarray(np.swapaxes(k, 1, 2).conj()) for k in ks]
+    t0h = np.ascontiguousarray(np.swapaxes(t0, 1, 2).conj())
+    lam, vec = np.linalg.eigh(t0 @ t0h)
+    lam = np.maximum(lam, 0.0)
+    lam1 = lam[:, -1]
+    lam2 = lam[:, -2] if lam.shape[1] > 1 else np.zeros_like(lam1)
+    v = vec[:, :, -1]  # (BG, p)
+    sigma0 = np.sqrt(lam1)
+    tv = np.einsum("bji,bj->bi", t0.conj(), v)  # T0^H v, (BG, q)
+    slope = np.zeros((len(v), len(ks)))
+    coupling = np.zeros_like(slope)
+    k_norm = np.zeros_like(slope)
+    h_norm = np.zeros_like(slope)
+    for axis, k in enumerate(ks):
+        k_tv = np.einsum("bij,bj->bi", k, tv)  # K_a T0^H v
+        kh_v = np.einsum("bji,bj->bi", k.conj(), v)  # K_a^H v
+        hv = k_tv + np.einsum("bij,bj->bi", t0, kh_v)
+        slope[:, axis] = np.abs(2 * np.real(np.einsum("bi,bi->b", v.conj(), k_tv)))
+        coupling[:, axis] = np.linalg.norm(hv, axis=1)
+        k_norm[:, axis] = np.minimum(np.sqrt(_squared_norms(k)), _gram_bound(k))
+        h = k @ t0h
+        h = h + np.swapaxes(h, 1, 2).conj()  # H_a, Hermitian
+        h_sq = h @ h
+        h_norm[:, axis] = np.minimum(2 * sigma0 * k_norm[:, axis], np.sqrt(np.sqrt(_squared_norms(h_sq))))
+    value = sigma0.reshape(batch, groups).max(axis=1)
+    return _Centres(value, lam1, lam2, slope, coupling, h_norm, k_norm, groups)
 
 
 def _tap_norms(plan: FrequencyPlan, flat: np.ndarray) -> np.ndarray:
@@ -208,26 +309,25 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
             if values[top] > best:
                 best, best_freq = float(values[top]), points[top]
 
-    if plan.size <= _DIRECT:
-        freqs, _ = plan.representatives(0, plan.size)
-        consider(freqs, sigma_max_at(plan, flat, freqs, workers))
-        return CircularMaximum(best, np.asarray(best_freq), len(freqs), total)
-
     high = grid.copy()
     if plan.real and active:  # sigma(T(-g)) = sigma(T(g)): half of the first varying axis suffices
         high[active[0]] = grid[active[0]] // 2 + 1
+    if np.prod(high) <= _DIRECT:
+        freqs, _ = plan.representatives(0, plan.size)
+        consider(freqs, sigma_max_at(plan, flat, freqs, workers))
+        return CircularMaximum(best, np.asarray(best_freq), len(freqs), total)
     tap_norms = _tap_norms(plan, flat)
     weights = _lipschitz_weights(plan)  # (taps, d): |phase change| per grid step
     taps = np.stack(np.unravel_index(np.arange(math.prod(plan.spec.kernel_size)), plan.spec.kernel_size), axis=1)
     slopes = weights * np.sign(taps - (np.asarray(plan.spec.kernel_size) - 1) / 2)  # signed, (taps, d)
 
-    def increment(radius: np.ndarray, derivative_norms: np.ndarray) -> np.ndarray:
-        """Bound on sigma_max(T(g)) - sigma_max(T(g0)) over the box: min of the first-order
-        (Lipschitz) bound and the second-order one around the centre's actual derivative."""
-        angles = radius @ weights.T  # (B, taps) bound on |alpha_t|
-        lipschitz = (tap_norms[None, :] * np.minimum(2.0, angles)).sum(axis=1)
-        taylor = (radius * derivative_norms).sum(axis=1) + (tap_norms[None, :] * angles**2 / 2).sum(axis=1)
-        return np.minimum(lipschitz, taylor)
+    def box_bound(centres: _Centres, radius: np.ndarray) -> np.ndarray:
+        """Upper bound on sigma_max over each box: the better of the first-order (Lipschitz)
+        bound and the second-order one around the centre (see :class:`_Centres`)."""
+        angles = radius @ weights.T  # (B, taps): bound on |alpha_t|
+        lipschitz = centres.value + (tap_norms[None, :] * np.minimum(2.0, angles)).sum(axis=1)
+        remainder = (tap_norms[None, :] * angles**2 / 2).sum(axis=1)
+        return np.minimum(lipschitz, centres.bound(radius, remainder))
 
     per_axis = max(2, round(_FIRST_BOXES ** (1 / len(active))))
     edges = []
@@ -236,20 +336,29 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
         edges.append(np.unique(np.linspace(0, high[axis], count + 1).round().astype(np.int64)))
     lo = np.stack(np.meshgrid(*[e[:-1] for e in edges], indexing="ij"), axis=-1).reshape(-1, ndim)
     hi = np.stack(np.meshgrid(*[e[1:] for e in edges], indexing="ij"), axis=-1).reshape(-1, ndim)
+    domain, rounds = int(np.prod(high)), 0
     while len(lo):
         centre = (lo + hi - 1) // 2
         radius = np.maximum(centre - lo, hi - 1 - centre)
-        values, derivative_norms = centre_values(plan, flat, centre, slopes)
+        centres = centre_values(plan, flat, centre, slopes)
         evaluated += len(centre)
-        consider(centre, values)
-        alive = (values + increment(radius, derivative_norms) > best) & (np.prod(hi - lo, axis=1) > 1)
-        lo, hi, values, derivative_norms = lo[alive], hi[alive], values[alive], derivative_norms[alive]
+        consider(centre, centres.value)
+        alive = (box_bound(centres, radius) > best) & (np.prod(hi - lo, axis=1) > 1)
+        lo, hi, centres = lo[alive], hi[alive], centres.select(alive)
         if not len(lo):
+            break
+        rounds += 1
+        remaining = np.prod(hi - lo, axis=1).sum()
+        if remaining > (0.9 if rounds == 1 else 0.8) * domain:  # a flat spectrum: nothing prunes
+            freqs, _ = plan.representatives(0, plan.size)
+            consider(freqs, sigma_max_at(plan, flat, freqs, workers, floor=best))
+            evaluated += len(freqs)
             break
         # a box whose centre is so close to the best that even its one-step neighbours cannot be
         # excluded will be split down to single frequencies: compute its frequencies directly
         one_step = np.minimum(hi - lo - 1, 1)
-        hopeless = values + increment(one_step, derivative_norms) > best
+        small = np.prod(hi - lo, axis=1) <= 4 * 2 ** len(active)  # splitting costs a quarter of finishing
+        hopeless = small & (box_bound(centres, one_step) > best)
         if hopeless.any():
             points = _box_points(lo[hopeless], hi[hopeless])
             point_values = sigma_max_at(plan, flat, points, workers, floor=best)
