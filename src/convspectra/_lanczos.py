@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._parallel import _single_threaded_blas
+
 __all__ = ["LanczosResult", "largest_singular_value"]
 
 
@@ -53,37 +55,42 @@ def largest_singular_value(
     if norm == 0 or not np.isfinite(norm):
         raise ValueError("start: expected a finite non-zero vector")
     q /= norm
-    iterations, residual, theta = 0, np.inf, 0.0
+    iterations, residual = 0, np.inf
     converged = False
-    while True:
-        vectors = [q]
-        alphas: list[float] = []
-        betas: list[float] = []
-        ritz = q
-        for _ in range(basis):
-            w = rmatvec(matvec(vectors[-1])).ravel()
-            iterations += 1
-            alpha = float(np.real(np.vdot(vectors[-1], w)))
-            alphas.append(alpha)
-            basis_matrix = np.stack(vectors, axis=1)
-            for _ in range(2):  # full reorthogonalisation, twice is enough
-                w = w - basis_matrix @ (basis_matrix.conj().T @ w)
-            beta = float(np.linalg.norm(w))
-            tri = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-            values, vecs = np.linalg.eigh(tri)
-            theta = float(values[-1])
-            residual = beta * abs(vecs[-1, -1]) / max(theta, np.finfo(float).tiny)
-            ritz = basis_matrix @ vecs[:, -1]
-            if residual <= rtol or beta <= 1e-300:
-                converged = True
+    with _single_threaded_blas():  # vector operations on one core: BLAS threads only contend
+        while True:
+            vectors = np.zeros((basis + 1, q.size), dtype=q.dtype)  # rows: the Lanczos vectors
+            vectors[0] = q
+            alphas = np.zeros(basis)
+            betas = np.zeros(basis)
+            ritz = q
+            for j in range(basis):
+                w = rmatvec(matvec(vectors[j])).ravel()
+                iterations += 1
+                alphas[j] = float(np.real(np.vdot(vectors[j], w)))
+                before = float(np.linalg.norm(w))
+                w = w - (vectors[: j + 1].conj() @ w) @ vectors[: j + 1]  # full reorthogonalisation
+                beta = float(np.linalg.norm(w))
+                if beta < 0.7 * before:  # cancellation: once more ("twice is enough", Kahan)
+                    w = w - (vectors[: j + 1].conj() @ w) @ vectors[: j + 1]
+                    beta = float(np.linalg.norm(w))
+                last = beta <= 1e-300 or iterations >= max_iter or j == basis - 1
+                if last or j % 4 == 3:  # the Ritz values every few steps (an eigensolve of j x j)
+                    tri = np.diag(alphas[: j + 1]) + np.diag(betas[:j], 1) + np.diag(betas[:j], -1)
+                    values, vecs = np.linalg.eigh(tri)
+                    theta = float(values[-1])
+                    residual = beta * abs(vecs[-1, -1]) / max(theta, np.finfo(float).tiny)
+                    ritz = vecs[:, -1] @ vectors[: j + 1]
+                    if residual <= rtol or beta <= 1e-300:
+                        converged = True
+                        break
+                    if iterations >= max_iter:
+                        break
+                betas[j] = beta
+                vectors[j + 1] = w / beta
+            if converged or iterations >= max_iter:
                 break
-            if iterations >= max_iter:
-                break
-            betas.append(beta)
-            vectors.append(w / beta)
-        if converged or iterations >= max_iter:
-            break
-        q = ritz / np.linalg.norm(ritz)
-    ritz = ritz / np.linalg.norm(ritz)
-    value = float(np.linalg.norm(matvec(ritz)))
+            q = ritz / np.linalg.norm(ritz)
+        ritz = ritz / np.linalg.norm(ritz)
+        value = float(np.linalg.norm(matvec(ritz)))
     return LanczosResult(value, ritz, converged, iterations, float(residual))

@@ -35,7 +35,7 @@ from .transfer import FrequencyPlan
 __all__ = ["CircularMaximum", "circular_maximum", "sigma_max_at", "top_singular_vector"]
 
 #: Below this many candidate frequencies, every one is computed directly.
-_DIRECT = 2048
+_DIRECT = 6144
 #: Number of boxes the first round splits the frequency domain into.
 _FIRST_BOXES = 256
 #: Bytes of transfer matrices per chunk of the direct enumeration.

@@ -189,6 +189,10 @@ class ConvOperator:
         """``A^H y`` for ``y`` of shape ``(out_channels, *output_shape)`` (or flat)."""
         y = np.asarray(y).reshape(self.out_channels, *self.output_shape)
         full = np.zeros((self.out_channels, *self.grid), dtype=np.result_type(y, self.weight))
-        np.add.at(full, (slice(None), *np.ix_(*self._samples())), y)
+        samples = self._samples()
+        if all(len(np.unique(axis)) == len(axis) for axis in samples):
+            full[(slice(None), *np.ix_(*samples))] = y
+        else:  # circular padding wider than the input: an input position feeds several outputs
+            np.add.at(full, (slice(None), *np.ix_(*samples)), y)
         back = self._inverse_fft(self._multiply(self._forward_fft(full), adjoint=True))
         return back[(slice(None), *(slice(o, o + n) for o, n in zip(self.offset, self.input_shape, strict=True)))]
