@@ -25,3 +25,21 @@ def test_benchmark_quick_run_reports_every_suite(tmp_path, capsys):
         assert row.get("max_error_vs_paper", 0.0) <= 1e-12
     for row in results["small"]["rows"]:
         assert row["max_error_vs_dense"] <= 1e-12
+
+
+def test_operator_norm_benchmark_quick_run(tmp_path, capsys):
+    path = BENCHMARK.parent / "bench_operator_norm.py"
+    spec = importlib.util.spec_from_file_location("bench_operator_norm", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "norm.json"
+    assert module.main(["--quick", "--suites", "trained,random,padded,peers", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["random"]["max_relative_error"] <= 1e-12
+    if "trained" in results:  # the pretrained weights are present
+        assert results["trained"]["max_relative_error"] <= 1e-12
+        for row in results["padded"]["rows"]:
+            assert row["bracket"][0] <= row["zero_padded"] <= row["bracket"][1]
+        errors = {row["method"]: row["max_relative_error"] for row in results["peers"]["rows"]}
+        assert errors["convspectra circular (exact)"] <= 1e-12
+        assert errors["convspectra zero padding (default rtol)"] <= 1e-6
