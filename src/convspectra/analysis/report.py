@@ -213,8 +213,12 @@ class SpectralReport:
     seconds: float
     version: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict following :data:`~convspectra.analysis.REPORT_SCHEMA`."""
+    def to_dict(self, *, include_spectra: bool = True) -> dict[str, Any]:
+        """JSON-ready dict following :data:`~convspectra.analysis.REPORT_SCHEMA` (spectra as null when excluded)."""
+        layers = [layer.to_dict() for layer in self.layers]
+        if not include_spectra:
+            for layer in layers:
+                layer["spectrum"] = None
         return {
             "schema_version": SCHEMA_VERSION,
             "convspectra_version": self.version,
@@ -225,12 +229,14 @@ class SpectralReport:
             "relative_threshold": self.relative_threshold,
             "seconds": self.seconds,
             "network_bound": self.network_bound.to_dict(),
-            "layers": [layer.to_dict() for layer in self.layers],
+            "layers": layers,
         }
 
-    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int | None = 2) -> str:
-        """The report as JSON text; also written to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+    def to_json(
+        self, path: str | os.PathLike[str] | None = None, *, indent: int | None = 2, include_spectra: bool = True
+    ) -> str:
+        """The report as JSON text (see :data:`~convspectra.analysis.REPORT_SCHEMA`); also written to ``path``."""
+        text = json.dumps(self.to_dict(include_spectra=include_spectra), indent=indent, allow_nan=False)
         if path is not None:
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(text + "\n")
