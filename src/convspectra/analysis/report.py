@@ -369,16 +369,15 @@ def _analyse(
     index: int, call: LayerCall, *, padding: str, fold_bn: bool, full_spectrum: bool, relative_threshold: float
 ) -> LayerReport:
     start = time.perf_counter()
-    module = call.module
+    layer = detached_copy(call.module)  # float64 on the CPU: analysis precision, the model is not touched
     folded = None
     note = None
     if fold_bn and call.batchnorm is not None:
         try:
-            module = fold_batchnorm(module, call.batchnorm)
+            layer = fold_batchnorm(layer, detached_copy(call.batchnorm))
             folded = call.batchnorm_name
         except ParameterError as err:
             note = f"BatchNorm {call.batchnorm_name} not folded: {err}"
-    layer = detached_copy(module)
     hyper = _hyper(layer)
     pad_text, pad_mode = _describe_padding(layer)
     weight = layer.weight.detach().numpy()
@@ -484,6 +483,8 @@ def spectral_report(
         raise ParameterTypeError(f"relative_threshold: expected a float in [0, 1), got {relative_threshold!r}")
     if not 0 <= relative_threshold < 1:
         raise ParameterError(f"relative_threshold: expected a float in [0, 1), got {relative_threshold!r}")
+    if not isinstance(model, nn.Module):
+        raise ParameterTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     from .. import __version__
     from .lipschitz import network_bound
 
