@@ -112,20 +112,24 @@ def run(args: argparse.Namespace) -> int:
     elif kernel.dtype.kind == "f":
         kernel = kernel.astype(np.float64)
     padding = _padding(args.padding)
+
+    def per_axis(values: list[int] | None) -> int | tuple[int, ...] | None:
+        return values[0] if values and len(values) == 1 else (tuple(values) if values else None)
+
     options = {
         "layout": args.layout,
-        "stride": args.stride,
-        "dilation": args.dilation,
+        "stride": per_axis(args.stride),
+        "dilation": per_axis(args.dilation),
         "groups": args.groups,
         "transposed": args.transposed or None,
     }
-    shape = tuple(args.input_shape)
+    shape = per_axis(args.input_shape)
     values = singular_values(kernel, shape, **options)
     summary = spectrum_summary(values, args.threshold)
     result: dict[str, Any] = {
         "kernel": args.kernel,
         "kernel_shape": list(kernel.shape),
-        "input_shape": list(shape),
+        "input_shape": list(shape) if isinstance(shape, tuple) else [shape],
         **{k: v for k, v in options.items() if k != "transposed"},
         "transposed": bool(args.transposed),
         "relative_threshold": args.threshold,
