@@ -6,6 +6,8 @@ Example:
     4.0
 """
 
+from typing import Any
+
 from .errors import ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
 from .spec import LAYOUTS, ConvSpec
 from .spectrum import DEFAULT_MEMORY_BUDGET, FrequencySpectrum, frequency_spectrum, singular_values
@@ -25,3 +27,12 @@ __all__ = [
     "frequency_spectrum",
     "singular_values",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``convspectra.spectral_report`` / ``SpectralReport``: the whole-model report, imported (with torch) on use."""
+    if name in ("spectral_report", "SpectralReport"):
+        from . import analysis
+
+        return getattr(analysis, name)
+    raise AttributeError(f"module 'convspectra' has no attribute {name!r}")
