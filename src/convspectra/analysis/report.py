@@ -474,8 +474,9 @@ def spectral_report(
         >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"))
         >>> torch.nn.init.ones_(model[0].weight); report = spectral_report(model, (1, 8, 8))  # doctest: +ELLIPSIS
         Parameter...
-        >>> report.layers[0].sigma_max, report.layers[0].effective_rank   # sqrt(2) * 9 at frequency 0
-        (12.727922061357855, 1)
+        >>> layer = report.layers[0]                 # sigma_max = sqrt(2) x 9, at frequency 0
+        >>> layer.sigma_max, layer.num_singular_values, layer.effective_rank
+        (12.727922061357855, 64, 64)
     """
     if padding not in PADDINGS:
         raise ParameterError(f"padding: expected one of {', '.join(map(repr, PADDINGS))}, got {padding!r}")
