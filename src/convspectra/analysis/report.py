@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._parallel import _single_threaded_blas
 from ..errors import ParameterError, ParameterTypeError
 from ..spectrum import singular_values
 from .folding import fold_batchnorm
@@ -493,19 +494,22 @@ def spectral_report(
     example = make_example_input(model, example_input)
     calls = collect_layers(model, example)
     layers = []
-    for index, call in enumerate(calls):
-        layers.append(
-            _analyse(
-                index,
-                call,
-                padding=padding,
-                fold_bn=fold_bn,
-                full_spectrum=full_spectrum,
-                relative_threshold=relative_threshold,
+    # Per-layer LAPACK calls on small matrices lose to OpenBLAS's own threads (3-5x on a loaded
+    # 2-core machine); the engine's worker pool, used for large layers, limits them itself.
+    with _single_threaded_blas():
+        for index, call in enumerate(calls):
+            layers.append(
+                _analyse(
+                    index,
+                    call,
+                    padding=padding,
+                    fold_bn=fold_bn,
+                    full_spectrum=full_spectrum,
+                    relative_threshold=relative_threshold,
+                )
             )
-        )
-        if progress is not None:
-            progress(index + 1, len(calls), call.name)
+            if progress is not None:
+                progress(index + 1, len(calls), call.name)
     bound = network_bound(model, example, layers, padding=padding)
     return SpectralReport(
         model=str(model.original_name) if isinstance(model, torch.jit.ScriptModule) else type(model).__name__,
