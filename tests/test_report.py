@@ -500,17 +500,24 @@ def _fake(norms, counts, sizes) -> SpectralReport:
 
 def test_figure4_observations_hold_when_the_data_says_so():
     obs = figure4_observations(_fake([9, 5, 4, 3, 2, 2], [10, 30, 50, 40, 20, 15], [100] * 6))
-    assert obs.largest_near_input and obs.largest[0] == ("l0", 1, 9.0)
+    assert obs.largest_near_input and obs.top_near_input and obs.largest[0] == ("l0", 1, 9.0)
     assert obs.count_rises_then_tapers and obs.fraction_rises_then_tapers and obs.count_peak == 3
     assert obs.spearman_depth_norm < -0.9
     assert "HOLDS here" in obs.statements[0]
 
 
+def test_figure4_observation_one_needs_the_top_layers_near_the_input_not_just_the_largest():
+    obs = figure4_observations(_fake([9, 1, 1, 1, 1, 8, 7], [5] * 7, [10] * 7), top=3)
+    assert obs.largest_near_input and not obs.top_near_input
+    assert "does NOT fully hold" in obs.statements[0]
+    assert not obs.count_rises_then_tapers  # flat counts neither rise nor taper
+
+
 def test_figure4_observations_fail_when_the_data_says_so():
     obs = figure4_observations(_fake([1, 2, 3, 4, 5, 6], [10, 20, 30, 40, 50, 60], [100] * 6))
-    assert not obs.largest_near_input and not obs.count_rises_then_tapers
+    assert not obs.largest_near_input and not obs.top_near_input and not obs.count_rises_then_tapers
     assert obs.spearman_depth_norm == pytest.approx(1.0)
-    assert "does NOT hold" in obs.statements[0] and "does NOT hold" in obs.statements[1]
+    assert "does NOT fully hold" in obs.statements[0] and "does NOT hold" in obs.statements[1]
     with pytest.raises(ParameterError, match="at least two"):
         figure4_observations(_fake([1], [1], [1]))
 

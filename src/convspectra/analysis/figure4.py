@@ -22,7 +22,7 @@ Example:
     >>> obs.layers
     ['0', '1', '2']
     >>> len(obs.statements)
-    2
+    3
 """
 
 from __future__ import annotations
@@ -74,10 +74,13 @@ class Figure4Observations:
         largest: the ``top`` layers with the largest norms as ``(name, position from 1, sigma_max)``.
         spearman_depth_norm: Spearman rank correlation of depth and operator norm (negative: larger
             norms nearer the input); None if undefined.
-        largest_near_input: observation (1) holds: the largest norm is in the first third of the layers.
+        largest_near_input: the largest norm is in the first third of the layers.
+        top_near_input: most of the ``top`` largest norms are in the first third of the layers
+            (observation (1) holds when both are true).
         count_peak, fraction_peak: position (from 1) of the largest count / fraction.
         count_rises_then_tapers, fraction_rises_then_tapers: observation (2) holds for the count /
             the fraction: the maximum is after the first layer, above it, and the last layer is below it.
+        stable_rank_fraction: each layer's stable rank divided by its number of singular values.
         statements: the findings in words, with the numbers.
     """
 
@@ -89,10 +92,12 @@ class Figure4Observations:
     largest: list[tuple[str, int, float]]
     spearman_depth_norm: float | None
     largest_near_input: bool
+    top_near_input: bool
     count_peak: int
     fraction_peak: int
     count_rises_then_tapers: bool
     fraction_rises_then_tapers: bool
+    stable_rank_fraction: list[float] = field(default_factory=list)
     statements: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,7 +141,9 @@ def figure4_observations(report: Any, *, top: int = 3) -> Figure4Observations:
     order = np.argsort(-norms, kind="stable")[: max(1, min(top, n))]
     largest = [(names[i], int(i) + 1, float(norms[i])) for i in order]
     rho = _spearman(np.arange(n, dtype=float), norms)
-    near_input = bool(order[0] < max(1, n // 3) if n >= 3 else order[0] == 0)
+    third = max(1, n // 3)
+    near_input = bool(order[0] < third)
+    top_near_input = bool(sum(int(i) < third for i in order) * 2 > len(order))
     count_peak, count_rises, count_tapers = _trend(counts)
     fraction_peak, fraction_rises, fraction_tapers = _trend(fractions)
     threshold = report.relative_threshold
@@ -144,9 +151,13 @@ def figure4_observations(report: Any, *, top: int = 3) -> Figure4Observations:
     statements = [
         f"Largest operator norms (circular): {listed}; Spearman correlation of depth and norm "
         + (f"{rho:+.2f}" if rho is not None else "undefined")
-        + ". The paper's observation that the largest norms are closest to the input "
-        + ("HOLDS here" if near_input else "does NOT hold here")
-        + f" (largest in the first third of the {n} layers: {'yes' if near_input else 'no'}).",
+        + ". The paper's observation that the largest norms are closest to the input: the largest "
+        + ("is" if near_input else "is NOT")
+        + f" in the first third of the {n} layers, and the top {len(order)} "
+        + ("are mostly" if top_near_input else "are NOT mostly")
+        + " there; the observation "
+        + ("HOLDS here" if near_input and top_near_input else "does NOT fully hold here")
+        + ".",
         f"Non-negligible singular values (> {threshold:g} x sigma_max): count from {counts[0]} (layer 1) to a "
         f"maximum of {counts[count_peak]} (layer {count_peak + 1}) and {counts[-1]} at the last layer; as a "
         f"fraction of each layer's values, from {fractions[0]:.2f} to a maximum of {fractions[fraction_peak]:.2f} "
@@ -157,6 +168,13 @@ def figure4_observations(report: Any, *, top: int = 3) -> Figure4Observations:
         + ("HOLDS" if fraction_rises and fraction_tapers else "does NOT hold")
         + " for the fraction.",
     ]
+    stable = [(layer.stable_rank or 0.0) / size if size else 0.0 for layer, size in zip(convs, sizes, strict=True)]
+    lowest = int(np.argmin(stable))
+    statements.append(
+        f"Stable rank (sum sigma^2 / sigma_max^2, no threshold) as a fraction of each layer's values: "
+        f"{stable[0]:.3f} at layer 1, median {float(np.median(stable)):.3f}, {stable[-1]:.3f} at the last layer; "
+        f"lowest at layer {lowest + 1} ({names[lowest]})."
+    )
     return Figure4Observations(
         layers=names,
         sigma_max=[float(v) for v in norms],
@@ -166,9 +184,11 @@ def figure4_observations(report: Any, *, top: int = 3) -> Figure4Observations:
         largest=largest,
         spearman_depth_norm=rho,
         largest_near_input=near_input,
+        top_near_input=top_near_input,
         count_peak=count_peak + 1,
         fraction_peak=fraction_peak + 1,
         count_rises_then_tapers=count_rises and count_tapers,
         fraction_rises_then_tapers=fraction_rises and fraction_tapers,
+        stable_rank_fraction=stable,
         statements=statements,
     )
