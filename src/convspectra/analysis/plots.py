@@ -155,7 +155,7 @@ def plot_sigma_max(
         positions,
         [layer.sigma_max for layer in layers],
         color=[depth_colour(i, len(layers)) for i in positions],
-        label="circular padding (exact)",
+        label="exact (convs: circular padding)",
     )
     model = [(i, layer) for i, layer in zip(positions, layers, strict=True) if layer.sigma_max_model is not None]
     if report.padding == "model" and model:
