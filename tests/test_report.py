@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
+import types
 from pathlib import Path
 
 import numpy as np
@@ -545,3 +547,29 @@ def test_stride_that_does_not_divide_the_input_is_a_note_not_a_crash():
     assert layer.sigma_max is None and "stride" in layer.note
     assert report.network_bound.value is None
     validate_report(report.to_dict())
+
+
+def test_model_padding_columns_are_wired_to_operator_norm(monkeypatch, tmp_path):
+    """The "model" columns come from operator_norm/operator_norm_bounds(padding="module") and feed the bound."""
+    seen = []
+
+    def fake_norm(module, size, *, padding):
+        seen.append((type(module).__name__, tuple(size), padding, module.weight.dtype))
+        return torch.tensor(2.0, dtype=torch.float64)
+
+    def fake_bounds(module, size, *, padding):
+        return types.SimpleNamespace(lower=1.5, upper=2.5, gap=1.0)
+
+    monkeypatch.setattr(cs, "operator_norm", fake_norm, raising=False)
+    monkeypatch.setattr(cs, "operator_norm_bounds", fake_bounds, raising=False)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, stride=2), nn.Flatten())
+    report = spectral_report(model, (2, 8, 8), padding="model", full_spectrum=True)
+    assert seen == [("Conv2d", (8, 8), "module", torch.float64), ("Conv2d", (8, 8), "module", torch.float64)]
+    for layer in report.layers:
+        assert (layer.sigma_max_model_lower, layer.sigma_max_model, layer.sigma_max_model_upper) == (1.5, 2.0, 2.5)
+    assert report.network_bound.value == pytest.approx(2.5 * 2.5) and report.network_bound.padding == "model"
+    assert "2.0000 in [1.5000, 2.5000]" in report.to_table()
+    validate_report(json.loads(report.to_json()))
+    if importlib.util.find_spec("matplotlib") is not None:
+        report.plot_sigma_max(tmp_path / "norms.png")
+        assert (tmp_path / "norms.png").read_bytes().startswith(b"\x89PNG")
