@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,7 +55,7 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def _trend(values: list[float]) -> tuple[int, bool, bool]:
+def _trend(values: Sequence[float]) -> tuple[int, bool, bool]:
     """(position of the maximum, rises before it, tapers after it)."""
     array = np.asarray(values, dtype=float)
     peak = int(np.argmax(array))

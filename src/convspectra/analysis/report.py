@@ -330,7 +330,7 @@ class SpectralReport:
         return "\n".join(lines)
 
 
-def _describe_padding(module: nn.Module) -> tuple[str, str]:
+def _describe_padding(module: Any) -> tuple[str, str]:
     if isinstance(module, nn.Linear):
         return "none", "none"
     padding = module.padding
@@ -338,7 +338,7 @@ def _describe_padding(module: nn.Module) -> tuple[str, str]:
     return text, str(module.padding_mode)
 
 
-def _hyper(module: nn.Module) -> dict[str, Any]:
+def _hyper(module: Any) -> dict[str, Any]:
     if isinstance(module, nn.Linear):
         return {"stride": (1,), "dilation": (1,), "groups": 1, "transposed": False}
     return {
@@ -349,7 +349,7 @@ def _hyper(module: nn.Module) -> dict[str, Any]:
     }
 
 
-def _output_shape(module: nn.Module, size: tuple[int, ...], hyper: dict[str, Any]) -> tuple[int, ...]:
+def _output_shape(module: Any, size: tuple[int, ...], hyper: dict[str, Any]) -> tuple[int, ...]:
     if isinstance(module, nn.Linear):
         return (int(module.out_features),)
     if hyper["transposed"]:
@@ -357,9 +357,9 @@ def _output_shape(module: nn.Module, size: tuple[int, ...], hyper: dict[str, Any
     return tuple(n // s for n, s in zip(size, hyper["stride"], strict=True))
 
 
-def _model_norms(module: nn.Module, size: tuple[int, ...]) -> tuple[float, float, float]:
+def _model_norms(module: Any, size: tuple[int, ...]) -> tuple[float, float, float]:
     """Exact operator norm with the module's own padding, and its certified bracket (issue 3's API)."""
-    from .. import operator_norm, operator_norm_bounds  # type: ignore[attr-defined]
+    from .. import operator_norm, operator_norm_bounds
 
     exact = operator_norm(module, size, padding="module")
     bounds = operator_norm_bounds(module, size, padding="module")
@@ -370,7 +370,7 @@ def _analyse(
     index: int, call: LayerCall, *, padding: str, fold_bn: bool, full_spectrum: bool, relative_threshold: float
 ) -> LayerReport:
     start = time.perf_counter()
-    layer = detached_copy(call.module)  # float64 on the CPU: analysis precision, the model is not touched
+    layer: Any = detached_copy(call.module)  # float64 on the CPU: analysis precision, the model is not touched
     folded = None
     note = None
     if fold_bn and call.batchnorm is not None:

@@ -91,7 +91,7 @@ def make_example_input(model: nn.Module, example_input: Any) -> torch.Tensor:
     )
 
 
-def _spatial(module: nn.Module, shape: torch.Size) -> tuple[int, ...]:
+def _spatial(module: Any, shape: torch.Size) -> tuple[int, ...]:
     if isinstance(module, nn.Linear):
         return (int(shape[-1]),)
     ndim = module.weight.dim() - 2
@@ -274,8 +274,8 @@ def _collect_script(model: Any, example: torch.Tensor) -> list[LayerCall]:
                     candidate = (tensor.data_ptr(), tuple(reversed(tensor.shape)))
                     name = layer_weights.get(candidate) or layer_weights.get(key(tensor))
                     if name is not None and script_modules[name].original_name == "Linear":
-                        module = eager.setdefault(name, _eager_copy(script_modules[name]))
-                        recorder.call(name, module, (int(module.weight.shape[1]),))
+                        linear: Any = eager.setdefault(name, _eager_copy(script_modules[name]))
+                        recorder.call(name, linear, (int(linear.weight.shape[1]),))
                         break
             elif "batch_norm" in str(packet) and tensors:
                 bn = next((bn_weights[key(t)] for t in tensors[1:] if key(t) in bn_weights), None)

@@ -51,7 +51,7 @@ def add_report_options(parser: argparse.ArgumentParser, *, threshold: float = 1e
     parser.add_argument("--log", action="store_true", help="logarithmic y axis in the Figure-4 plot")
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     """Add the ``report`` subcommand."""
     report = commands.add_parser(
         "report",

@@ -28,7 +28,7 @@ def find_pretrained(model: str) -> str | None:
     return None
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     """Add the ``reproduce`` subcommand and its experiments."""
     reproduce = commands.add_parser(
         "reproduce",

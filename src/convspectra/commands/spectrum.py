@@ -12,7 +12,7 @@ from . import positive_int, writable_file
 __all__ = ["load_kernel", "register"]
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
     """Add the ``spectrum`` subcommand."""
     from ..spec import LAYOUTS
 
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         "groups": args.groups,
         "transposed": args.transposed or None,
     }
-    shape = per_axis(args.input_shape)
+    shape: Any = per_axis(args.input_shape)
     values = singular_values(kernel, shape, **options)
     summary = spectrum_summary(values, args.threshold)
     result: dict[str, Any] = {
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         **summary,
     }
     if padding != "circular":
-        from .. import operator_norm, operator_norm_bounds  # type: ignore[attr-defined]
+        from .. import operator_norm, operator_norm_bounds
 
         bounds = operator_norm_bounds(kernel, shape, padding=padding, **options)
         result["padding"] = padding
