@@ -207,3 +207,13 @@ def test_reproduce_figure4_without_weights_says_where_it_looked(tmp_path, monkey
     monkeypatch.delenv("CONVSPECTRA_DATA", raising=False)
     assert main(["reproduce", "figure4"]) == 2
     assert "--weights" in _error(capsys)
+
+
+def test_progress_bar_draws_on_stderr_when_asked(capsys):
+    pytest.importorskip("rich", reason="rich not installed (report extra)")
+    from convspectra.commands._progress import layer_progress
+
+    with layer_progress("layers", enabled=True) as progress:
+        progress(1, 2, "conv1")
+        progress(2, 2, "linear")
+    assert capsys.readouterr().out == ""  # never on stdout, which may carry --json -

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import importlib.util
 import io
@@ -267,13 +268,17 @@ def test_pretrained_resnet32_batchnorm_folding_matches_the_model(pretrained32):
         model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
     for hook in hooks:
         hook.remove()
+    spot_checks = {"conv1", "layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv1", "layer3.4.conv2"}
     for layer in folded.layers[:-1]:
         conv = model.get_submodule(layer.name)
         bn = model.get_submodule(layer.folded_batchnorm)
         assert layer.folded_batchnorm == layer.name.replace("conv", "bn")
         hand = _hand_folded(conv.weight, bn)
-        engine = cs.singular_values(hand, layer.input_shape, stride=conv.stride)
-        assert abs(layer.sigma_max - float(engine[0])) <= 1e-9 * float(engine[0])
+        double = fold_batchnorm(copy.deepcopy(conv).double(), copy.deepcopy(bn).double())
+        torch.testing.assert_close(double.weight, hand, rtol=1e-15, atol=0)
+        if layer.name in spot_checks:  # the engine on the hand-folded kernel (every layer: see the test above)
+            engine = cs.singular_values(hand, layer.input_shape, stride=conv.stride)
+            assert abs(layer.sigma_max - float(engine[0])) <= 1e-9 * float(engine[0])
         with torch.no_grad():
             mine = fold_batchnorm(conv, bn)(inputs[layer.name])
         torch.testing.assert_close(mine, outputs[layer.folded_batchnorm], rtol=1e-4, atol=1e-4)
