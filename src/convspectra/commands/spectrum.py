@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from . import positive_int, writable_file
+from .report import _threshold
 
 __all__ = ["load_kernel", "register"]
 
@@ -38,7 +39,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         default="circular",
         help="circular (default), or zero padding: an int, 'same' or 'valid' (norm and bracket only)",
     )
-    spectrum.add_argument("--threshold", type=float, default=1e-3, help="relative threshold of the effective rank")
+    spectrum.add_argument(
+        "--threshold", type=_threshold, default=1e-3, help="relative threshold of the effective rank (default 1e-3)"
+    )
     spectrum.add_argument("--top", type=positive_int, default=8, help="how many of the largest values to print")
     spectrum.add_argument(
         "--json", metavar="FILE", type=writable_file, help="write the summary and full spectrum as JSON ('-': stdout)"
