@@ -357,13 +357,17 @@ def _output_shape(module: Any, size: tuple[int, ...], hyper: dict[str, Any]) -> 
     return tuple(n // s for n, s in zip(size, hyper["stride"], strict=True))
 
 
-def _model_norms(module: Any, size: tuple[int, ...]) -> tuple[float, float, float]:
-    """Exact operator norm with the module's own padding, and its certified bracket (issue 3's API)."""
+def _model_norms(module: Any, size: tuple[int, ...]) -> tuple[float, float, float, str | None]:
+    """Operator norm with the module's own padding, its certified bracket, and a note if not converged."""
     from .. import operator_norm, operator_norm_bounds
 
-    exact = operator_norm(module, size, padding="module")
     bounds = operator_norm_bounds(module, size, padding="module")
-    return float(exact), float(bounds.lower), float(bounds.upper)
+    value = getattr(bounds, "value", None)  # the bracket carries the value: no second solve
+    exact = float(value) if value is not None else float(operator_norm(module, size, padding="module"))
+    note = None
+    if getattr(bounds, "converged", True) is False:
+        note = "own-padding norm: the iterative solver stopped at its budget; sigma_max_model is a lower bound"
+    return exact, float(bounds.lower), float(bounds.upper), note
 
 
 def _analyse(
@@ -408,7 +412,11 @@ def _analyse(
     if isinstance(layer, nn.Linear):
         model_exact = model_lower = model_upper = summary["sigma_max"]
     elif padding == "model":
-        model_exact, model_lower, model_upper = _model_norms(layer, call.input_shape)
+        try:
+            model_exact, model_lower, model_upper, solver_note = _model_norms(layer, call.input_shape)
+            note = "; ".join(filter(None, [note, solver_note])) or None
+        except ParameterError as err:  # e.g. reflect/replicate padding: not a fixed linear map
+            note = "; ".join(filter(None, [note, f"no own-padding norm: {err}"]))
     return LayerReport(
         index=index,
         name=call.name,
