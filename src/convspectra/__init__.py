@@ -8,7 +8,9 @@ Example:
 
 from typing import Any
 
-from .errors import ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
+from . import bounds
+from .errors import ConvergenceWarning, ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
+from .norm import NormBounds, operator_norm, operator_norm_bounds
 from .spec import LAYOUTS, ConvSpec
 from .spectrum import DEFAULT_MEMORY_BUDGET, FrequencySpectrum, frequency_spectrum, singular_values
 
@@ -19,12 +21,17 @@ __all__ = [
     "LAYOUTS",
     "ConvSpec",
     "ConvSpectraError",
+    "ConvergenceWarning",
     "FrequencySpectrum",
     "MemoryBudgetError",
+    "NormBounds",
     "ParameterError",
     "ParameterTypeError",
     "__version__",
+    "bounds",
     "frequency_spectrum",
+    "operator_norm",
+    "operator_norm_bounds",
     "singular_values",
 ]
 
