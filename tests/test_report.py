@@ -587,7 +587,7 @@ def test_model_padding_columns_are_wired_to_operator_norm(monkeypatch, tmp_path)
     for layer in report.layers:
         assert (layer.sigma_max_model_lower, layer.sigma_max_model, layer.sigma_max_model_upper) == (1.5, 2.0, 2.5)
     assert report.network_bound.value == pytest.approx(2.5 * 2.5) and report.network_bound.padding == "model"
-    assert "2.0000 in [1.5000, 2.5000]" in report.to_table()
+    assert "2.0000 in [1.5000, 2.5000]" in report.to_table() and "own padding" in report.to_table()
     validate_report(json.loads(report.to_json()))
     if importlib.util.find_spec("matplotlib") is not None:
         report.plot_sigma_max(tmp_path / "norms.png")

@@ -36,6 +36,7 @@ import io
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -294,7 +295,7 @@ class SpectralReport:
         model_cols = self.padding == "model"
         header = (
             f"{'#':>3} {'layer':<22} {'kernel':<13} {'input':<9} {'s':>2} {'values':>7} {'sigma_max':>9} "
-            + (f"{'model (exact in [lower, upper])':>34} " if model_cols else "")
+            + (f"{'own padding: value in [lower, upper]':>36} " if model_cols else "")
             + f"{'sigma_min':>9} {'cond':>9} {'stable':>7} {'eff.rank':>8}"
         )
         lines = [header, "-" * len(header)]
@@ -310,9 +311,9 @@ class SpectralReport:
                         f"{layer.sigma_max_model:>9.4f} in [{layer.sigma_max_model_lower:.4f}, "
                         f"{layer.sigma_max_model_upper:.4f}] "
                     )
-                    model = f"{model:>35}"
+                    model = f"{model:>37}"
                 else:
-                    model = f"{'-':>34} "
+                    model = f"{'-':>36} "
             lines.append(
                 f"{layer.index:>3} {layer.name[-22:]:<22} {'x'.join(map(str, layer.kernel_shape)):<13} "
                 f"{'x'.join(map(str, layer.input_shape)):<9} {max(layer.stride):>2} "
@@ -320,6 +321,9 @@ class SpectralReport:
                 f"{num(layer.sigma_min, 9, '.2e')} {num(layer.condition_number, 9, '.3g')} "
                 f"{num(layer.stable_rank, 7, '.2f')} {num(layer.effective_rank, 8, 'd')}"
             )
+        notes = [f"  {layer.name}: {layer.note}" for layer in self.layers if layer.note]
+        if notes:
+            lines += ["", "notes:", *notes]
         bound = self.network_bound
         lines.append("")
         lines.append(
@@ -360,8 +364,11 @@ def _output_shape(module: Any, size: tuple[int, ...], hyper: dict[str, Any]) -> 
 def _model_norms(module: Any, size: tuple[int, ...]) -> tuple[float, float, float, str | None]:
     """Operator norm with the module's own padding, its certified bracket, and a note if not converged."""
     from .. import operator_norm, operator_norm_bounds
+    from ..errors import ConvergenceWarning
 
-    bounds = operator_norm_bounds(module, size, padding="module")
+    with warnings.catch_warnings():  # non-convergence is recorded in the layer's note instead
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        bounds = operator_norm_bounds(module, size, padding="module")
     value = getattr(bounds, "value", None)  # the bracket carries the value: no second solve
     exact = float(value) if value is not None else float(operator_norm(module, size, padding="module"))
     note = None
