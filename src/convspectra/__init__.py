@@ -6,6 +6,8 @@ Example:
     4.0
 """
 
+from typing import Any
+
 from . import bounds
 from .errors import ConvergenceWarning, ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
 from .norm import NormBounds, operator_norm, operator_norm_bounds
@@ -32,3 +34,12 @@ __all__ = [
     "operator_norm_bounds",
     "singular_values",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``convspectra.spectral_report`` / ``SpectralReport``: the whole-model report, imported (with torch) on use."""
+    if name in ("spectral_report", "SpectralReport"):
+        from . import analysis
+
+        return getattr(analysis, name)
+    raise AttributeError(f"module 'convspectra' has no attribute {name!r}")
