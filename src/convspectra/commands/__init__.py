@@ -12,7 +12,7 @@ import argparse
 
 __all__ = ["COMMANDS", "positive_int", "writable_file"]
 
-COMMANDS: tuple[str, ...] = ("demo",)
+COMMANDS: tuple[str, ...] = ("demo", "bench", "train")
 
 
 def positive_int(text: str) -> int:
