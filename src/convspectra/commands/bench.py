@@ -61,8 +61,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def run_figure1_command(args: argparse.Namespace) -> int:
     """Run Figure 1 and print the table (and write CSV / JSON / plot)."""
+    from ..errors import ParameterError
     from ..experiments.figure1 import FULL_PANELS, QUICK_PANELS, Panel, plot_figure1, run_figure1
 
+    if args.plot and not args.plot.endswith((".svg", ".png")):
+        raise ParameterError(f"--plot: expected a file name ending in .svg or .png, got {args.plot!r}")
     panels = list(QUICK_PANELS if args.quick else FULL_PANELS)
     if args.channels_3x3:
         panels[0] = Panel(panels[0].name, 3, 16, tuple(args.channels_3x3))

@@ -237,7 +237,9 @@ def load_idx_dataset(directory: str | os.PathLike[str], name: str = "fashion-mni
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or images.dtype != np.uint8:
-            raise ParameterError(f"{split} images: expected uint8 of shape (N, H, W), got {images.dtype} {images.shape}")
+            raise ParameterError(
+                f"{split} images: expected uint8 of shape (N, H, W), got {images.dtype} {images.shape}"
+            )
         if labels.ndim != 1 or len(labels) != len(images):
             raise ParameterError(
                 f"{split} labels: expected {len(images)} labels (one per image), got shape {labels.shape}"
@@ -263,7 +265,7 @@ def load_idx_dataset(directory: str | os.PathLike[str], name: str = "fashion-mni
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")  # noqa: S301 - the dataset's own format
+            batch = pickle.load(handle, encoding="bytes")  # the dataset's own format
     except (pickle.UnpicklingError, EOFError, ValueError) as err:
         raise ParameterError(f"path: expected a CIFAR-10 python batch (pickle), got {str(path)!r} ({err})") from err
     if not isinstance(batch, dict):
@@ -395,9 +397,17 @@ def _synthetic_images(
 
 
 def write_synthetic_idx(
-    directory: str | os.PathLike[str], *, train: int = 64, test: int = 32, gzip_files: bool = False, seed: int = 0
+    directory: str | os.PathLike[str],
+    *,
+    train: int = 64,
+    test: int = 32,
+    gzip_files: bool = False,
+    seed: int = 0,
+    size: int = 28,
 ) -> None:
-    """Write a tiny 10-class 28x28 dataset as the four Fashion-MNIST IDX files (raw or ``.gz``).
+    """Write a tiny 10-class ``size x size`` (default 28x28) dataset as the four Fashion-MNIST IDX files.
+
+    Files are raw or, with ``gzip_files``, ``.gz``; a smaller ``size`` makes tests faster.
 
     Example:
         >>> import tempfile, os
@@ -411,15 +421,17 @@ def write_synthetic_idx(
     rng = np.random.default_rng(seed)
     suffix = ".gz" if gzip_files else ""
     for split, count in (("train", train), ("t10k", test)):
-        images, labels = _synthetic_images(rng, count, 1, 28, 10)
+        images, labels = _synthetic_images(rng, count, 1, size, 10)
         write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images[:, 0], gzip_file=gzip_files)
         write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels.astype(np.uint8), gzip_file=gzip_files)
 
 
 def write_synthetic_cifar(
-    directory: str | os.PathLike[str], *, train_per_batch: int = 16, test: int = 32, seed: int = 0
+    directory: str | os.PathLike[str], *, train_per_batch: int = 16, test: int = 32, seed: int = 0, size: int = 32
 ) -> None:
-    """Write a tiny 10-class 32x32 RGB dataset as the six CIFAR-10 python batches.
+    """Write a tiny 10-class RGB dataset as the six CIFAR-10 python batches (``size`` 32 as CIFAR-10).
+
+    Rows hold ``3 * size * size`` bytes (red plane, green, blue); the reader accepts only 32x32.
 
     Example:
         >>> import tempfile, os
@@ -432,7 +444,7 @@ def write_synthetic_cifar(
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for name, count in [(n, train_per_batch) for n in CIFAR_TRAIN_BATCHES] + [(CIFAR_TEST_BATCH, test)]:
-        images, labels = _synthetic_images(rng, count, 3, 32, 10)
+        images, labels = _synthetic_images(rng, count, 3, size, 10)
         batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": images.reshape(count, -1)}
         with open(folder / name, "wb") as handle:
             pickle.dump(batch, handle)

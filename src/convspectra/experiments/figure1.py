@@ -22,7 +22,7 @@ dense method, from a calibration SVD, exceeds the budget.
 
 Example:
     >>> from convspectra.experiments.figure1 import Panel, run_figure1
-    >>> result = run_figure1([Panel("3x3@16x16", 3, 16, (2,))], repeats=1, budget=5.0, device="cpu")
+    >>> result = run_figure1([Panel("3x3@16x16", 3, 16, (1,))], repeats=1, budget=5.0, device="cpu")
     >>> sorted({row.method for row in result.rows})
     ['convspectra (CPU)', 'full-matrix SVD', 'paper (NumPy)']
     >>> [(row.method, row.reference) for row in result.rows if row.max_error is not None and row.max_error < 1e-12]
@@ -139,7 +139,8 @@ class Figure1Result:
             rows = [row for row in self.rows if row.panel == panel]
             methods = list(dict.fromkeys(row.method for row in rows))
             lines.append(f"\n{panel}: median seconds (max relative error vs reference)")
-            header = f"{'channels':>8} " + " ".join(f"{m:>28}" for m in methods) + "   paper/convspectra  dense/convspectra"
+            cells = " ".join(f"{m:>28}" for m in methods)
+            header = f"{'channels':>8} {cells}   paper/convspectra  dense/convspectra"
             lines.append(header)
             for channels in dict.fromkeys(row.channels for row in rows):
                 cells, times = [], {}
@@ -374,7 +375,7 @@ def plot_figure1(result: Figure1Result, path: str) -> None:
 
     Example:
         >>> import tempfile, os
-        >>> result = run_figure1([Panel("3x3@16x16", 3, 16, (2,))], repeats=1, budget=0.5, device="cpu")
+        >>> result = run_figure1([Panel("3x3@16x16", 3, 16, (1,))], repeats=1, budget=0.5, device="cpu")
         >>> path = os.path.join(tempfile.mkdtemp(), "figure1.svg")
         >>> plot_figure1(result, path)
         >>> open(path).read().startswith("<svg")
