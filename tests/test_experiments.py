@@ -21,8 +21,8 @@ from convspectra.experiments import datasets as ds  # noqa: E402
 from convspectra.experiments.summary import summarize, write_summary  # noqa: E402
 from convspectra.experiments.training import (  # noqa: E402
     Arm,
-    _paper_clip,
     TrainConfig,
+    _paper_clip,
     learning_rate,
     parse_arm,
     project_convolutions,
