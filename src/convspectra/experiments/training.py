@@ -337,24 +337,30 @@ def _paper_clip(weight: Any, input_shape: tuple[int, ...], max_norm: float) -> A
     return torch.fft.ifft2(clipped.permute(2, 3, 0, 1), dim=(-2, -1)).real[..., :k1, :k2].contiguous()
 
 
-def _projection_function() -> tuple[Callable[[Any, tuple[int, ...], float], Any], str]:
+def _projection_function() -> tuple[Callable[[list[Any], list[tuple[int, ...]], float], list[Any]], str]:
+    """``(project many kernels, description)``: convspectra's batched projection, else the built-in step."""
     try:
-        from .. import clip_operator_norm  # type: ignore[attr-defined]
+        from .. import clip_operator_norm_many  # type: ignore[attr-defined]
     except ImportError:
-        return _paper_clip, "convspectra.experiments.training._paper_clip (paper Section 3, one alternating step)"
 
-    def clip(weight: Any, input_shape: tuple[int, ...], max_norm: float) -> Any:
-        return clip_operator_norm(weight, input_shape, max_norm, iterations=1, method="alternating")
+        def fallback(weights: list[Any], sizes: list[tuple[int, ...]], max_norm: float) -> list[Any]:
+            return [_paper_clip(w, n, max_norm) for w, n in zip(weights, sizes, strict=True)]
 
-    return clip, "convspectra.clip_operator_norm(iterations=1, method='alternating')"
+        return fallback, "convspectra.experiments.training._paper_clip (paper Section 3, one alternating step)"
+
+    def many(weights: list[Any], sizes: list[tuple[int, ...]], max_norm: float) -> list[Any]:
+        return list(clip_operator_norm_many(weights, sizes, max_norm, iterations=1, method="alternating"))
+
+    return many, "convspectra.clip_operator_norm_many(iterations=1, method='alternating')"
 
 
 def project_convolutions(model: Any, input_sizes: dict[str, tuple[int, ...]], max_norm: float) -> None:
     """Project every convolution of ``model`` onto the operator-norm ball of radius ``max_norm``, in place.
 
-    The projection is computed in float64 on the weight's device for the stride-1 circular operator
-    at the layer's input size (for a strided layer this also bounds the strided operator by
-    ``max_norm``: subsampling the output is a contraction), as in the paper.
+    The projection (one step of the paper's Section 3: clip every frequency's singular values at
+    ``max_norm``, keep the kernel's support) is computed in float64 on the weight's device, for the
+    stride-1 circular operator at the layer's input size (for a strided layer this also bounds the
+    strided operator by ``max_norm``: subsampling the output is a contraction), as in the paper.
 
     Example:
         >>> import torch, convspectra as cs
@@ -366,13 +372,15 @@ def project_convolutions(model: Any, input_sizes: dict[str, tuple[int, ...]], ma
     """
     import torch
 
-    clip, _ = _projection_function()
+    project, _ = _projection_function()
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    if not convs:
+        return
     with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Conv2d):
-                weight = module.weight
-                projected = clip(weight.detach().to(torch.float64), tuple(input_sizes[name]), float(max_norm))
-                weight.copy_(projected.to(weight.dtype))
+        weights = [m.weight.detach().to(torch.float64) for _, m in convs]
+        projected = project(weights, [tuple(input_sizes[name]) for name, _ in convs], float(max_norm))
+        for (_, module), new in zip(convs, projected, strict=True):
+            module.weight.copy_(new.to(module.weight.dtype))
 
 
 def _l1_penalty(model: Any) -> Any:
