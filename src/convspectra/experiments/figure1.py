@@ -59,6 +59,7 @@ PAPER = "paper (NumPy)"
 CPU = "convspectra (CPU)"
 CUDA64 = "convspectra (CUDA float64)"
 CUDA32 = "convspectra (CUDA float32)"
+METHOD_COLORS = {DENSE: "#7f7f7f", PAPER: "#1f77b4", CPU: "#d62728", CUDA64: "#2ca02c", CUDA32: "#9467bd"}
 CSV_FIELDS = (
     "panel",
     "kernel_size",
@@ -414,4 +415,4 @@ def plot_figure1(result: Figure1Result, path: str) -> None:
         target = path if len(panels) == 1 else f"{path[:-4]}-{panel['name'].replace('@', '-')}.svg"
         options = {key: panel[key] for key in ("title", "x_label", "y_label", "log_x", "log_y")}
         with open(target, "w", encoding="utf-8") as handle:
-            handle.write(line_plot_svg(panel["series"], **options))
+            handle.write(line_plot_svg(panel["series"], colors=METHOD_COLORS, **options))

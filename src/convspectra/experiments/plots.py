@@ -26,7 +26,8 @@ Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 
 def _ticks(low: float, high: float, log: bool) -> list[float]:
     if log:
-        return [10.0**e for e in range(math.floor(low), math.ceil(high) + 1)]
+        steps = (1, 2, 5) if high - low <= 3 else (1,)
+        return [m * 10.0**e for e in range(math.floor(low), math.ceil(high) + 1) for m in steps]
     span = high - low or 1.0
     step = 10 ** math.floor(math.log10(span / 4))
     for factor in (1, 2, 5, 10):
@@ -47,10 +48,12 @@ def line_plot_svg(
     log_y: bool = False,
     width: int = 560,
     height: int = 380,
+    colors: Mapping[str, str] | None = None,
 ) -> str:
     """An SVG document with one polyline (and markers) per named series ``name -> (xs, ys)``.
 
-    Points with a non-finite coordinate (or non-positive on a log axis) are dropped.
+    Points with a non-finite coordinate (or non-positive on a log axis) are dropped. ``colors``
+    fixes a series' colour by name (others cycle through :data:`COLORS`).
 
     Raises:
         ParameterError: if no series has a plottable point.
@@ -81,8 +84,8 @@ def line_plot_svg(
         x0, x1 = x0 - 0.5, x1 + 0.5
     if y1 == y0:
         y0, y1 = y0 - 0.5, y1 + 0.5
-    pad_y = 0.05 * (y1 - y0)
-    y0, y1 = y0 - pad_y, y1 + pad_y
+    pad_x, pad_y = 0.03 * (x1 - x0), 0.05 * (y1 - y0)
+    x0, x1, y0, y1 = x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y
     left, right, top, bottom = 70, 170, 30, 50
     plot_w, plot_h = width - left - right, height - top - bottom
 
@@ -119,7 +122,7 @@ def line_plot_svg(
         f"{escape(y_label)}</text>"
     )
     for index, (name, points) in enumerate(clean.items()):
-        color = COLORS[index % len(COLORS)]
+        color = (colors or {}).get(name, COLORS[index % len(COLORS)])
         coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
         out.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.8"/>')
         out.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" fill="{color}"/>' for x, y in points)
