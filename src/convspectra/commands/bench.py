@@ -21,7 +21,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``bench`` subcommand (with its ``figure1`` experiment)."""
     bench = commands.add_parser(
         "bench",

@@ -31,7 +31,7 @@ def _arm(text: str) -> object:
         raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand."""
     from ..experiments.training import PAPER_ARMS
 

@@ -31,6 +31,7 @@ import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -126,8 +127,8 @@ def _open_maybe_gzip(path: Path) -> bytes:
     with open(path, "rb") as handle:
         head = handle.read(2)
     opener = gzip.open if head == b"\x1f\x8b" else open
-    with opener(path, "rb") as handle:  # type: ignore[operator]
-        return handle.read()  # type: ignore[no-any-return]
+    with opener(path, "rb") as handle:
+        return handle.read()
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
@@ -194,7 +195,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray, *, gzip_file: boo
     big = array.astype(_IDX_DTYPES[code], copy=False)
     payload = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + big.tobytes()
     opener = gzip.open if gzip_file else open
-    with opener(path, "wb") as handle:  # type: ignore[operator]
+    with opener(path, "wb") as handle:
         handle.write(payload)
 
 
@@ -310,7 +311,7 @@ def load_cifar10(directory: str | os.PathLike[str], *, download: bool = False) -
     folder = Path(directory)
     if download:
         try:
-            from torchvision.datasets import CIFAR10  # type: ignore[import-not-found]
+            from torchvision.datasets import CIFAR10
         except ImportError as err:
             raise ImportError(
                 "download: torchvision is not installed, so CIFAR-10 cannot be downloaded; install it "

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import statistics
@@ -140,11 +141,12 @@ class Figure1Result:
             rows = [row for row in self.rows if row.panel == panel]
             methods = list(dict.fromkeys(row.method for row in rows))
             lines.append(f"\n{panel}: median seconds (max relative error vs reference)")
-            cells = " ".join(f"{m:>28}" for m in methods)
-            header = f"{'channels':>8} {cells}   paper/convspectra  dense/convspectra"
+            names = " ".join(f"{m:>28}" for m in methods)
+            header = f"{'channels':>8} {names}   paper/convspectra  dense/convspectra"
             lines.append(header)
             for channels in dict.fromkeys(row.channels for row in rows):
-                cells, times = [], {}
+                cells: list[str] = []
+                times: dict[str, float] = {}
                 for method in methods:
                     row = next((r for r in rows if r.channels == channels and r.method == method), None)
                     if row is None or row.median_seconds is None:
@@ -301,7 +303,9 @@ def run_figure1(
             reference: np.ndarray | None = None
             reference_name = ""
             for method, make in methods.items():
-                base = {"panel": panel.name, "kernel_size": k, "input_size": n, "channels": channels, "method": method}
+                base = functools.partial(
+                    Figure1Row, panel=panel.name, kernel_size=k, input_size=n, channels=channels, method=method
+                )
                 estimate = 0.0
                 if method in previous:
                     last_channels, last_seconds = previous[method]
@@ -318,7 +322,7 @@ def run_figure1(
                 if not reason and estimate > budget:
                     reason = f"time: estimated {estimate:.3g} s per call > budget {budget:g} s"
                 if reason:
-                    row = Figure1Row(**base, median_seconds=None, repeats=0, status="skipped", reason=reason)
+                    row = base(median_seconds=None, repeats=0, status="skipped", reason=reason)
                     rows.append(row)
                     if report:
                         report(row)
@@ -341,8 +345,7 @@ def run_figure1(
                     reference, reference_name = values, method
                 else:
                     error = float(np.abs(values - reference).max() / reference[0])
-                row = Figure1Row(
-                    **base,
+                row = base(
                     median_seconds=seconds,
                     repeats=count,
                     status="ok",
@@ -384,19 +387,19 @@ def plot_figure1(result: Figure1Result, path: str) -> None:
     """
     from .plots import line_plot_svg, save_matplotlib
 
-    panels = []
-    for panel in dict.fromkeys(row.panel for row in result.rows):
-        rows = [row for row in result.rows if row.panel == panel and row.median_seconds is not None]
-        series = {}
+    panels: list[dict[str, Any]] = []
+    for name in dict.fromkeys(row.panel for row in result.rows):
+        rows = [row for row in result.rows if row.panel == name and row.median_seconds is not None]
+        series: dict[str, tuple[list[float], list[float]]] = {}
         for method in dict.fromkeys(row.method for row in rows):
-            points = [(row.channels, row.median_seconds) for row in rows if row.method == method]
+            points = [(row.channels, row.median_seconds or 0.0) for row in rows if row.method == method]
             series[method] = ([float(c) for c, _ in points], [float(t) for _, t in points])
         if series:
             panels.append(
                 {
-                    "name": panel,
+                    "name": name,
                     "series": series,
-                    "title": f"{panel.replace('@', ' kernels on ')} inputs",
+                    "title": f"{name.replace('@', ' kernels on ')} inputs",
                     "x_label": "input/output channels",
                     "y_label": "seconds (median)",
                     "log_x": True,
@@ -411,8 +414,16 @@ def plot_figure1(result: Figure1Result, path: str) -> None:
         return
     if not path.endswith(".svg"):
         raise ParameterError(f"plot: expected a file name ending in .svg or .png, got {path!r}")
-    for panel in panels:
-        target = path if len(panels) == 1 else f"{path[:-4]}-{panel['name'].replace('@', '-')}.svg"
-        options = {key: panel[key] for key in ("title", "x_label", "y_label", "log_x", "log_y")}
+    for item in panels:
+        target = path if len(panels) == 1 else f"{path[:-4]}-{item['name'].replace('@', '-')}.svg"
+        svg = line_plot_svg(
+            item["series"],
+            title=item["title"],
+            x_label=item["x_label"],
+            y_label=item["y_label"],
+            log_x=True,
+            log_y=True,
+            colors=METHOD_COLORS,
+        )
         with open(target, "w", encoding="utf-8") as handle:
-            handle.write(line_plot_svg(panel["series"], colors=METHOD_COLORS, **options))
+            handle.write(svg)

@@ -340,7 +340,7 @@ def _paper_clip(weight: Any, input_shape: tuple[int, ...], max_norm: float) -> A
 def _projection_function() -> tuple[Callable[[list[Any], list[tuple[int, ...]], float], list[Any]], str]:
     """``(project many kernels, description)``: convspectra's batched projection, else the built-in step."""
     try:
-        from .. import clip_operator_norm_many  # type: ignore[attr-defined]
+        from .. import clip_operator_norm_many
     except ImportError:
 
         def fallback(weights: list[Any], sizes: list[tuple[int, ...]], max_norm: float) -> list[Any]:
@@ -460,13 +460,13 @@ def _progress(total: int, description: str, enabled: bool) -> Any:
     if not enabled:
         return _Null()
     try:
-        from tqdm.auto import tqdm  # type: ignore[import-untyped]
+        from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=description, leave=False)
     except ImportError:
         pass
     try:
-        from rich.progress import Progress  # type: ignore[import-not-found]
+        from rich.progress import Progress
     except ImportError:
         return _Null()
 
@@ -624,7 +624,7 @@ def _train(
     model = cifar_resnet(config.depth, num_classes=dataset.num_classes, in_channels=dataset.channels)
     input_sizes = conv_input_sizes(model, (dataset.channels, *dataset.image_size))
     memory_format = torch.channels_last if (cuda and config.channels_last) else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    model = model.to(device, memory_format=memory_format)  # type: ignore[call-overload]
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
