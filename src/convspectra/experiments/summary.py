@@ -76,15 +76,19 @@ class ExperimentSummary:
             "|---|---|---|---|---|---|",
         ]
         for arm in self.arms:
-            paired = (
-                f"{100 * arm.paired_mean:+.2f} +- {100 * (arm.paired_std or 0.0):.2f} (n={len(arm.paired_seeds)})"
-                if arm.paired_mean is not None and arm.arm != "baseline"
-                else "-"
-            )
-            seeds = ",".join(map(str, arm.seeds)) + (f" (+{len(arm.unfinished)} unfinished)" if arm.unfinished else "")
+            paired = "-"
+            if arm.paired_mean is not None and arm.arm != "baseline":
+                spread = f" +- {100 * (arm.paired_std or 0.0):.2f}" if len(arm.paired_seeds) > 1 else ""
+                paired = f"{100 * arm.paired_mean:+.2f}{spread} (n={len(arm.paired_seeds)})"
+            seeds = ",".join(map(str, arm.seeds)) or "none"
+            if arm.unfinished:
+                seeds += f" ({len(arm.unfinished)} unfinished)"
+            if not arm.seeds:
+                lines.append(f"| {arm.arm} | {seeds} | - | - | - | - |")
+                continue
+            error = f"{100 * arm.mean:.2f}" + (f" +- {100 * arm.std:.2f}" if len(arm.seeds) > 1 else "")
             lines.append(
-                f"| {arm.arm} | {seeds} | {100 * arm.mean:.2f} +- {100 * arm.std:.2f} | {paired} | "
-                f"{arm.max_sigma:.3f} | {arm.train_seconds:.0f} |"
+                f"| {arm.arm} | {seeds} | {error} | {paired} | {arm.max_sigma:.3f} | {arm.train_seconds:.0f} |"
             )
         return "\n".join(lines) + "\n"
 
