@@ -11,6 +11,12 @@ from typing import Any
 from . import bounds
 from .errors import ConvergenceWarning, ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
 from .norm import NormBounds, operator_norm, operator_norm_bounds
+from .projection import (
+    ProjectionReport,
+    clip_operator_norm,
+    clip_operator_norm_many,
+    clip_operator_norm_report,
+)
 from .spec import LAYOUTS, ConvSpec
 from .spectrum import DEFAULT_MEMORY_BUDGET, FrequencySpectrum, frequency_spectrum, singular_values
 
@@ -27,8 +33,12 @@ __all__ = [
     "NormBounds",
     "ParameterError",
     "ParameterTypeError",
+    "ProjectionReport",
     "__version__",
     "bounds",
+    "clip_operator_norm",
+    "clip_operator_norm_many",
+    "clip_operator_norm_report",
     "frequency_spectrum",
     "operator_norm",
     "operator_norm_bounds",

@@ -12,7 +12,7 @@ import argparse
 
 __all__ = ["COMMANDS", "positive_int", "writable_file"]
 
-COMMANDS: tuple[str, ...] = ("demo", "report", "spectrum", "reproduce")
+COMMANDS: tuple[str, ...] = ("demo", "report", "spectrum", "reproduce", "bench", "train")
 
 
 def positive_int(text: str) -> int:
