@@ -250,12 +250,12 @@ def test_projector_errors(kwargs, error, message):
 def test_projector_refuses_models_without_convs_and_bad_optimizers():
     with pytest.raises(ParameterError, match="model: expected a model with Conv1d/2d/3d"):
         OperatorNormProjector(nn.Linear(2, 2), 1.0)
-    with pytest.raises(ParameterTypeError, match="model: expected a torch.nn.Module"):
+    with pytest.raises(ParameterTypeError, match=r"model: expected a torch\.nn\.Module"):
         OperatorNormProjector("model", 1.0)
     projector = OperatorNormProjector(small_model(), 1.0)
-    with pytest.raises(ParameterTypeError, match="optimizer: expected a torch.optim.Optimizer"):
+    with pytest.raises(ParameterTypeError, match=r"optimizer: expected a torch\.optim\.Optimizer"):
         projector.attach(object())
-    with pytest.raises(ConvSpectraError, match="distributed: expected an initialised torch.distributed"):
+    with pytest.raises(ConvSpectraError, match=r"distributed: expected an initialised torch\.distributed"):
         OperatorNormProjector(small_model(), 1.0, input_shapes=8, distributed=True).project_now()
 
 
