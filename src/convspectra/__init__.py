@@ -7,6 +7,12 @@ Example:
 """
 
 from .errors import ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
+from .projection import (
+    ProjectionReport,
+    clip_operator_norm,
+    clip_operator_norm_many,
+    clip_operator_norm_report,
+)
 from .spec import LAYOUTS, ConvSpec
 from .spectrum import DEFAULT_MEMORY_BUDGET, FrequencySpectrum, frequency_spectrum, singular_values
 
@@ -21,7 +27,11 @@ __all__ = [
     "MemoryBudgetError",
     "ParameterError",
     "ParameterTypeError",
+    "ProjectionReport",
     "__version__",
+    "clip_operator_norm",
+    "clip_operator_norm_many",
+    "clip_operator_norm_report",
     "frequency_spectrum",
     "singular_values",
 ]
