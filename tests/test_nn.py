@@ -118,6 +118,25 @@ def test_projection_step_equals_direct_call_and_other_steps_leave_weights():
     assert projector.input_shapes == {"0": (8, 8), "2": (8, 8), "4": (4, 4)}
 
 
+def test_layers_of_equal_shape_are_batched_and_match_one_by_one_calls(monkeypatch):
+    torch.manual_seed(4)
+    model = nn.Sequential(*[nn.Conv2d(3, 3, 3, padding=1) for _ in range(3)], nn.Conv2d(3, 3, 3, stride=2))
+    before = [m.weight.detach().clone() for m in model]
+    calls = []
+    many = cs.clip_operator_norm_many
+    monkeypatch.setattr(
+        cs.projection, "clip_operator_norm_many", lambda k, *a, **kw: calls.append(len(k)) or many(k, *a, **kw)
+    )
+    projector = OperatorNormProjector(model, {"0": 0.5, "1": 0.5, "2": 0.7, "3": 0.5}, iterations=2)
+    model(torch.zeros(1, 3, 6, 6))
+    projector.project_now()
+    assert calls == [4]  # one batched call for the whole model
+    for module, weight, bound, size in zip(model, before, (0.5, 0.5, 0.7, 0.5), (6, 6, 6, 6), strict=True):
+        expected = direct(module, weight, size, bound, iterations=2)
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(module.weight, expected, rtol=0, atol=64 * torch.finfo(torch.float32).eps * scale)
+
+
 def test_hooks_removed_after_capture_and_sizes_recorded():
     model = small_model()
     projector = OperatorNormProjector(model, 1.0)
@@ -180,19 +199,18 @@ def test_subset_and_per_layer_bounds():
     assert [(layer.name, layer.max_norm) for layer in by_names.layers] == [("0", 1.0), ("2", 2.0)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("work", [torch.float64, torch.float32])
-def test_dtype_and_device_kept(dtype, work):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_dtype_and_device_kept(dtype):
     model = small_model().to(dtype)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    projector = OperatorNormProjector(model, 0.5, input_shapes={"0": 8, "2": 8, "4": 4}, dtype=work)
+    projector = OperatorNormProjector(model, 0.5, input_shapes={"0": 8, "2": 8, "4": 4})
     projector.project_now()
     for (name, param), size in zip(
         [(n, p) for n, p in model.named_parameters() if n.endswith("weight")], [8, 8, 4], strict=True
     ):
         assert param.dtype == dtype and param.device.type == "cpu" and isinstance(param, nn.Parameter)
         module = model[int(name.split(".")[0])]
-        expected = cs.clip_operator_norm(before[name].to(work), size, 0.5, **geometry(module)).to(dtype)
+        expected = direct(module, before[name], size, 0.5)
         assert torch.equal(param, expected), name
 
 
@@ -235,7 +253,7 @@ def test_projection_before_any_forward_is_a_clear_error():
         ({"every": 2.5}, ParameterTypeError, "every: expected a positive int"),
         ({"iterations": 0}, ParameterError, "iterations: expected a positive int"),
         ({"method": "svd"}, ParameterError, "method: expected one of"),
-        ({"dtype": torch.float16}, ParameterError, "dtype: expected torch.float32 or torch.float64"),
+        ({"rescale": "yes"}, ParameterTypeError, "rescale: expected True or False"),
         ({"min_norm": 2.0}, ParameterError, r"min_norm: expected a number in \[0, max_norm\]"),
         ({"distributed": "yes"}, ParameterTypeError, "distributed: expected None, True or False"),
         ({"input_shapes": {"0": (8,)}}, ParameterError, "input_shape: expected 2 spatial sizes"),
@@ -263,6 +281,28 @@ def test_projector_refuses_a_parametrized_layer():
     conv = register_operator_norm_constraint(nn.Conv2d(1, 1, 3), 1.0, input_shape=6)
     with pytest.raises(ParameterError, match="has a parametrization on its weight"):
         OperatorNormProjector(nn.Sequential(conv), 1.0)
+
+
+def test_rescale_guarantees_the_bound_after_a_single_iteration():
+    model = small_model()
+    with torch.no_grad():
+        for module in model:
+            if isinstance(module, nn.Conv2d):
+                module.weight.mul_(5.0)
+    model = model.double()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    projector = OperatorNormProjector(model, 0.5, input_shapes={"0": 8, "2": 8, "4": 4}, rescale=True)
+    projector.project_now()
+    for index, size in ((0, 8), (2, 8), (4, 4)):
+        module = model[index]
+        once = direct(module, before[f"{index}.weight"], size, 0.5)
+        sigma = dense_norm(module, once, size)
+        if module.kernel_size == (3, 3):  # one iteration alone does not reach the ball here ...
+            assert sigma > 0.5 * (1 + 1e-3)
+        else:  # ... while a 1x1 kernel is clipped exactly (its transfer matrix is the same at every frequency)
+            assert sigma <= 0.5 * (1 + 1e-12)
+        torch.testing.assert_close(module.weight, once * (0.5 / sigma), rtol=1e-12, atol=0)
+        assert dense_norm(module, module.weight, size) <= 0.5 * (1 + 1e-12)  # ... the rescale does
 
 
 def test_min_norm_band_is_passed_through():
@@ -407,7 +447,7 @@ def test_operator_norm_penalty_gradient_finite_at_a_zero_kernel_and_float32():
         conv.weight.zero_()
     penalty = operator_norm_penalty(conv, 1.0, 4)
     penalty.backward()
-    assert float(penalty) == 0.0 and torch.isfinite(conv.weight.grad).all()
+    assert penalty.item() == 0.0 and torch.isfinite(conv.weight.grad).all()
     conv32 = nn.Conv2d(2, 2, 3)
     penalty32 = operator_norm_penalty(conv32, 1e-3, 5)
     penalty32.backward()

@@ -39,7 +39,7 @@ class OperatorNormCallback(Callback):
         max_norm: the bound c, or a mapping from layer name (relative to the LightningModule) or
             module to its bound.
         every: project after each optimizer step whose ``global_step`` is a multiple of ``every``.
-        layers, input_shapes, min_norm, iterations, method, dtype, device: as
+        layers, input_shapes, min_norm, iterations, method, rescale, device: as
             :class:`~convspectra.nn.OperatorNormProjector`.
         on_train_end: also project once when training ends, so the saved model satisfies the bound.
 
@@ -61,7 +61,7 @@ class OperatorNormCallback(Callback):
         min_norm: float | None = None,
         iterations: int = 1,
         method: str = "alternating",
-        dtype: torch.dtype = torch.float64,
+        rescale: bool = False,
         device: torch.device | str | None = None,
         on_train_end: bool = False,
     ) -> None:
@@ -74,7 +74,7 @@ class OperatorNormCallback(Callback):
             "min_norm": min_norm,
             "iterations": iterations,
             "method": method,
-            "dtype": dtype,
+            "rescale": rescale,
             "device": device,
         }
         self.project_on_train_end = bool(on_train_end)

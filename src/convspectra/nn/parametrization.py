@@ -24,7 +24,7 @@ Example:
     >>> import torch, convspectra as cs
     >>> from convspectra.nn import register_operator_norm_constraint, remove_operator_norm_constraint
     >>> conv = torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular")
-    >>> _ = register_operator_norm_constraint(conv, 0.5, input_shape=8)
+    >>> _ = register_operator_norm_constraint(conv, 0.5, input_shape=8, rescale=True)
     >>> float(cs.singular_values(conv.weight, 8)[0]) <= 0.5 * (1 + 1e-3)
     True
     >>> conv(torch.randn(2, 4, 8, 8)).sum().backward()          # gradients reach the original
@@ -70,7 +70,7 @@ class OperatorNormConstraint(nn.Module):
     Attributes:
         max_norm: the bound c.
         input_shape: the layer's input size (``None`` until the first forward pass records it).
-        min_norm, iterations, method, dtype: the projection options.
+        min_norm, iterations, method, rescale: the projection options.
     """
 
     def __init__(
@@ -80,14 +80,14 @@ class OperatorNormConstraint(nn.Module):
         min_norm: float | None,
         iterations: int,
         method: str,
-        dtype: torch.dtype,
+        rescale: bool,
     ) -> None:
         super().__init__()
         self.max_norm = layer.max_norm
         self.input_shape = layer.input_shape
         self._layer_type = type(layer.module).__name__
         self._geometry = layer.geometry()
-        self.min_norm, self.iterations, self.method, self.dtype = min_norm, iterations, method, dtype
+        self.min_norm, self.iterations, self.method, self.rescale = min_norm, iterations, method, rescale
         self._source: torch.Tensor | None = None
         self._result: torch.Tensor | None = None
         self._capture: Any = None
@@ -107,7 +107,7 @@ class OperatorNormConstraint(nn.Module):
             min_norm=self.min_norm,
             iterations=self.iterations,
             method=self.method,
-            dtype=self.dtype,
+            rescale=self.rescale,
             device=None,
         )
         self._source, self._result = weight.detach().clone(), projected.to(weight.dtype)
@@ -153,7 +153,7 @@ def register_operator_norm_constraint(
     min_norm: float | None = None,
     iterations: int = 1,
     method: str = "alternating",
-    dtype: torch.dtype = torch.float64,
+    rescale: bool = False,
 ) -> nn.Module:
     r"""Constrain a convolution's operator norm at every forward pass.
 
@@ -170,7 +170,9 @@ def register_operator_norm_constraint(
             forward pass (a pre-hook that removes itself); reading ``module.weight`` before that
             raises :class:`~convspectra.errors.ConvSpectraError`.
         min_norm, iterations, method: as :func:`convspectra.clip_operator_norm`.
-        dtype: precision of the projection (float64 default, or float32); the weight keeps its dtype.
+        rescale: after the iterations, scale the kernel down onto the bound if its exact operator
+            norm still exceeds it (one more spectrum; makes the constraint hold up to rounding to
+            the weight's dtype). The projection runs in float64; the weight keeps its dtype.
 
     Returns:
         ``module`` (parametrized in place).
@@ -183,7 +185,7 @@ def register_operator_norm_constraint(
     Example:
         >>> import torch, convspectra as cs
         >>> from convspectra.nn import register_operator_norm_constraint
-        >>> conv = register_operator_norm_constraint(torch.nn.Conv1d(3, 3, 5), 1.0)
+        >>> conv = register_operator_norm_constraint(torch.nn.Conv1d(3, 3, 5), 1.0, iterations=5, rescale=True)
         >>> _ = conv(torch.randn(1, 3, 32))              # records the input size 32
         >>> float(cs.singular_values(conv.weight, 32)[0]) <= 1.0 + 1e-3
         True
@@ -195,11 +197,11 @@ def register_operator_norm_constraint(
             f"module: expected a Conv1d/2d/3d or ConvTranspose1d/2d/3d module, got {type(module).__qualname__}"
         )
     (layer,) = conv_layers(module, max_norm)  # rejects an already parametrized weight
-    options = check_options([layer.max_norm], min_norm, iterations, method, dtype)
+    options = check_options([layer.max_norm], min_norm, iterations, method, rescale)
     if input_shape is not None:
         layer.input_shape = check_input_shape("module", module, input_shape)
     constraint = OperatorNormConstraint(
-        layer, min_norm=options[0], iterations=options[1], method=options[2], dtype=options[3]
+        layer, min_norm=options[0], iterations=options[1], method=options[2], rescale=options[3]
     )
     if input_shape is None:
 

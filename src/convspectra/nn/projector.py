@@ -22,7 +22,7 @@ Example:
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
     ...                             torch.nn.Conv2d(8, 8, 3, padding=1))
     >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    >>> projector = OperatorNormProjector(model, max_norm=1.0, every=2)
+    >>> projector = OperatorNormProjector(model, max_norm=1.0, every=2, rescale=True)
     >>> handle = projector.attach(optimizer)
     >>> for _ in range(2):
     ...     optimizer.zero_grad()
@@ -48,6 +48,7 @@ from torch import nn
 
 from .. import projection as _projection
 from ..errors import ConvSpectraError, ParameterError, ParameterTypeError
+from ..spectrum import frequency_spectrum
 from .layers import ConvLayer, LayerKey, LayerSelection, ShapeLike, ShapeRecorder, assign_input_shapes, conv_layers
 
 __all__ = ["OperatorNormProjector", "project_layers"]
@@ -64,8 +65,8 @@ def _check_positive_int(name: str, value: Any) -> int:
 
 
 def check_options(
-    max_norms: Sequence[float], min_norm: float | None, iterations: int, method: str, dtype: Any
-) -> tuple[float | None, int, str, torch.dtype]:
+    max_norms: Sequence[float], min_norm: float | None, iterations: int, method: str, rescale: bool
+) -> tuple[float | None, int, str, bool]:
     """Validate the projection options shared by the projector, the callback and the parametrization."""
     if min_norm is not None:
         if isinstance(min_norm, bool) or not isinstance(min_norm, numbers.Real):
@@ -77,47 +78,54 @@ def check_options(
     iterations = _check_positive_int("iterations", iterations)
     if method not in _METHODS:
         raise ParameterError(f"method: expected one of {list(_METHODS)}, got {method!r}")
-    if dtype not in (torch.float32, torch.float64):
-        raise ParameterError(f"dtype: expected torch.float32 or torch.float64 (the SVDs' precision), got {dtype!r}")
-    return min_norm, iterations, method, dtype
+    if not isinstance(rescale, bool):
+        raise ParameterTypeError(f"rescale: expected True or False, got {rescale!r}")
+    return min_norm, iterations, method, rescale
+
+
+Job = tuple[torch.Tensor, tuple[int, ...], float, dict[str, Any]]
 
 
 def projected_kernels(
-    jobs: Sequence[tuple[torch.Tensor, tuple[int, ...], float, dict[str, Any]]],
+    jobs: Sequence[Job],
     *,
     min_norm: float | None,
     iterations: int,
     method: str,
-    dtype: torch.dtype,
+    rescale: bool,
     device: torch.device | None,
 ) -> list[torch.Tensor]:
-    """Projected kernels for ``(weight, input_shape, max_norm, geometry)`` jobs, in ``dtype`` on the work device.
+    """Projected kernels, float64 on the work device, for ``(weight, input_shape, max_norm, geometry)`` jobs.
 
-    Kernels with the same shape, geometry, input size and bound go through the core's batched
-    ``clip_operator_norm_many`` when it has one; the rest through ``clip_operator_norm``.
+    One call of the core's ``clip_operator_norm_many`` (layers of equal shape batched) when
+    there are several jobs. With ``rescale``, a kernel whose exact operator norm still exceeds
+    its bound after the iterations is multiplied by ``bound / norm``.
     """
-    work = [w.detach().to(device=w.device if device is None else device, dtype=dtype) for w, _, _, _ in jobs]
-    results: list[torch.Tensor | None] = [None] * len(jobs)
-    options = {"min_norm": min_norm, "iterations": iterations, "method": method}
-    many = getattr(_projection, "clip_operator_norm_many", None)
-    if many is not None:
-        buckets: dict[Any, list[int]] = {}
+    work = [w.detach().to(device=w.device if device is None else device, dtype=torch.float64) for w, _, _, _ in jobs]
+    options: dict[str, Any] = {"min_norm": min_norm, "iterations": iterations, "method": method}
+    if len(jobs) == 1:
+        _, shape, bound, geometry = jobs[0]
+        results = [_projection.clip_operator_norm(work[0], shape, bound, **options, **geometry)]
+    else:
+        results = _projection.clip_operator_norm_many(
+            work,
+            [shape for _, shape, _, _ in jobs],
+            [bound for _, _, bound, _ in jobs],
+            **options,
+            **{
+                key: [geometry[key] for _, _, _, geometry in jobs]
+                for key in ("stride", "dilation", "groups", "transposed")
+            },
+        )
+    if rescale:
         for index, (_, shape, bound, geometry) in enumerate(jobs):
-            key = (tuple(work[index].shape), work[index].device, shape, bound, tuple(sorted(geometry.items())))
-            buckets.setdefault(key, []).append(index)
-        for indices in buckets.values():
-            if len(indices) > 1:
-                _, shape, bound, geometry = jobs[indices[0]]
-                out = many([work[i] for i in indices], shape, bound, **options, **geometry)
-                for i, tensor in zip(indices, out, strict=True):
-                    results[i] = tensor
-    for index, (_, shape, bound, geometry) in enumerate(jobs):
-        if results[index] is None:
-            results[index] = _projection.clip_operator_norm(work[index], shape, bound, **options, **geometry)
-    return results  # type: ignore[return-value]
+            sigma = float(frequency_spectrum(results[index], shape, **geometry).max())
+            if sigma > bound:
+                results[index] = results[index] * (bound / sigma)
+    return results
 
 
-def _jobs(layers: Sequence[ConvLayer]) -> list[tuple[torch.Tensor, tuple[int, ...], float, dict[str, Any]]]:
+def _jobs(layers: Sequence[ConvLayer]) -> list[Job]:
     return [(layer.module.weight, layer.require_input_shape(), layer.max_norm, layer.geometry()) for layer in layers]
 
 
@@ -149,7 +157,7 @@ def project_layers(
     min_norm: float | None = None,
     iterations: int = 1,
     method: str = "alternating",
-    dtype: torch.dtype = torch.float64,
+    rescale: bool = False,
     device: torch.device | str | None = None,
     distributed: bool | None = None,
     process_group: Any = None,
@@ -159,7 +167,9 @@ def project_layers(
     Args:
         layers: :class:`~convspectra.nn.layers.ConvLayer` records with known input sizes.
         min_norm, iterations, method: as :func:`convspectra.clip_operator_norm`.
-        dtype: precision of the computation (float64 default, or float32); the weights keep theirs.
+        rescale: after the iterations, multiply a kernel whose exact operator norm still exceeds
+            its bound by ``bound / norm`` (one more spectrum per layer; guarantees the bound up to
+            rounding to the weight's dtype).
         device: where to compute (default: each weight's device).
         distributed: ``None`` uses :mod:`torch.distributed` when it is initialised with more than
             one rank, ``True`` requires it, ``False`` computes everything on every rank.
@@ -175,14 +185,14 @@ def project_layers(
         >>> conv = torch.nn.Conv1d(2, 2, 3)
         >>> layers = conv_layers(conv, 0.5)
         >>> layers[0].input_shape = (16,)
-        >>> project_layers(layers)
-        >>> float(cs.singular_values(conv.weight, 16)[0]) <= 0.5 * (1 + 1e-3)
+        >>> project_layers(layers, iterations=3, rescale=True)
+        >>> float(cs.singular_values(conv.weight, 16)[0]) <= 0.5 * (1 + 1e-6)
         True
     """
     for layer in layers:
         layer.require_input_shape()
     target = None if device is None else torch.device(device)
-    options = {"min_norm": min_norm, "iterations": iterations, "method": method, "dtype": dtype, "device": target}
+    options = {"min_norm": min_norm, "iterations": iterations, "method": method, "rescale": rescale, "device": target}
     group = _process_group(distributed, process_group)
     with torch.no_grad():
         if group is None:
@@ -242,9 +252,16 @@ class OperatorNormProjector:
     :math:`A(K)` is the layer's circular convolution on the spatial size of its input, recorded
     from the first forward pass (or given in ``input_shapes``). Each projection replaces the
     weight, in place and under ``torch.no_grad``, by
-    :func:`convspectra.clip_operator_norm` of it, computed in ``dtype`` (float64 by default,
-    whatever the weight's precision: float16/bfloat16 weights and AMP training are fine) and
-    cast back to the weight's dtype and device. Optimizer state (momentum) is left as it is.
+    :func:`convspectra.clip_operator_norm` of it, computed in float64/complex128 whatever the
+    weight's precision (float16/bfloat16 weights and AMP training are fine) and cast back to the
+    weight's dtype and device. Optimizer state (momentum) is left as it is. Layers of equal
+    shape are batched (:func:`convspectra.clip_operator_norm_many`).
+
+    ``iterations=1`` is the paper's single clip-and-restrict step: it lowers the norm a lot but
+    usually not all the way to c (alternating projections converge over many rounds; with the
+    projection repeated every ``every`` steps the weights approach the ball over training).
+    Pass more ``iterations``, ``method="dykstra"`` or ``rescale=True`` when every projection
+    must end inside the ball.
 
     Args:
         model: the model (a ``DistributedDataParallel`` wrapper or its ``.module``).
@@ -258,7 +275,9 @@ class OperatorNormProjector:
             mapping by name or module (the rest are recorded).
         min_norm: optional lower bound: singular values clipped into ``[min_norm, max_norm]``.
         iterations, method: as :func:`convspectra.clip_operator_norm` (``"alternating"`` or ``"dykstra"``).
-        dtype: precision of the computation, ``torch.float64`` (default) or ``torch.float32``.
+        rescale: after the iterations, scale a kernel whose exact operator norm still exceeds its
+            bound down onto it (costs one more spectrum per layer; the bound then holds up to
+            rounding to the weight's dtype).
         device: where to compute (default each weight's own device; ``"cpu"`` moves the work off a GPU).
         distributed: ``None`` (default) shares the layers out among the ranks of an initialised
             :mod:`torch.distributed` group and broadcasts each projected weight from the rank
@@ -287,15 +306,15 @@ class OperatorNormProjector:
         min_norm: float | None = None,
         iterations: int = 1,
         method: str = "alternating",
-        dtype: torch.dtype = torch.float64,
+        rescale: bool = False,
         device: torch.device | str | None = None,
         distributed: bool | None = None,
         process_group: Any = None,
     ) -> None:
         self.layers: list[ConvLayer] = conv_layers(model, max_norm, layers)
         self.every = _check_positive_int("every", every)
-        self.min_norm, self.iterations, self.method, self.dtype = check_options(
-            [layer.max_norm for layer in self.layers], min_norm, iterations, method, dtype
+        self.min_norm, self.iterations, self.method, self.rescale = check_options(
+            [layer.max_norm for layer in self.layers], min_norm, iterations, method, rescale
         )
         self.device = None if device is None else torch.device(device)
         if distributed not in (None, True, False):
@@ -353,7 +372,7 @@ class OperatorNormProjector:
             min_norm=self.min_norm,
             iterations=self.iterations,
             method=self.method,
-            dtype=self.dtype,
+            rescale=self.rescale,
             device=self.device,
             distributed=self.distributed,
             process_group=self.process_group,
