@@ -486,3 +486,55 @@ def test_conv_layers_reports_model_itself_and_shared_modules_once():
     shared = nn.Sequential(conv, conv)
     assert [layer.name for layer in conv_layers(shared, 1.0)] == ["0"]
     assert math.isclose(conv_layers(shared, 2)[0].max_norm, 2.0)
+
+
+# --- the Lightning callback ---------------------------------------------------------------------
+
+
+def test_lightning_callback_projects_after_every_nth_optimizer_step(monkeypatch):
+    reason = 'lightning is not installed (pip install "convspectra[lightning]")'
+    lightning = pytest.importorskip("lightning", reason=reason)
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from convspectra.nn.lightning import OperatorNormCallback
+
+    class Module(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = small_model()
+
+        def training_step(self, batch, batch_idx):
+            return self.net(batch[0]).square().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.5)
+
+    rounds = []
+    original = OperatorNormProjector.project_now
+
+    def spy(self) -> None:
+        before = [layer.module.weight.detach().clone() for layer in self.layers]
+        original(self)
+        rounds.append((before, [layer.module.weight.detach().clone() for layer in self.layers]))
+
+    monkeypatch.setattr(OperatorNormProjector, "project_now", spy)
+    module = Module()
+    callback = OperatorNormCallback({"net.0": 0.5, "net.2": 0.6}, every=2, iterations=2)
+    trainer = lightning.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    data = DataLoader(TensorDataset(torch.randn(16, 2, 8, 8, generator=torch.Generator().manual_seed(0))), batch_size=4)
+    trainer.fit(module, data)  # 4 optimizer steps: projections after steps 2 and 4
+    assert trainer.global_step == 4 and len(rounds) == 2
+    assert callback.projector.input_shapes == {"net.0": (8, 8), "net.2": (8, 8)}
+    for before, after in rounds:
+        for layer, old, new in zip(callback.projector.layers, before, after, strict=True):
+            assert torch.equal(new, direct(layer.module, old, (8, 8), layer.max_norm, iterations=2))
+    assert [layer.name for layer in callback.projector.layers] == ["net.0", "net.2"]
