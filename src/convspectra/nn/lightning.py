@@ -8,7 +8,7 @@ batches included), and after every optimizer step whose ``trainer.global_step`` 
 shared out among the ranks and broadcast, so every rank keeps identical weights.
 
 Example:
-    >>> from convspectra.nn.lightning import OperatorNormCallback   # doctest: +SKIP
+    >>> from convspectra.nn.lightning import OperatorNormCallback
     >>> trainer = lightning.Trainer(callbacks=[OperatorNormCallback(max_norm=1.0, every=100)])  # doctest: +SKIP
 """
 
