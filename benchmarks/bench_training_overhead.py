@@ -45,6 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_singular_values import machine
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training_overhead.json"
+# Typical layers for the cost-per-projection table: (channels in = out, input size, stride).
+LAYER_SHAPES = [(16, 32, 1), (32, 16, 1), (64, 8, 1), (32, 32, 2), (64, 56, 1), (128, 28, 1), (256, 14, 1), (512, 7, 1)]
+QUICK_LAYER_SHAPES = [(16, 16, 1), (32, 8, 2)]
 
 
 def synchronize(device: torch.device) -> None:
@@ -61,13 +64,13 @@ def timed(function: Callable[[], Any], device: torch.device) -> float:
 
 
 def make_training(
-    device: torch.device, batch: int, seed: int = 0
+    device: torch.device, batch: int, size: int, seed: int = 0
 ) -> tuple[nn.Module, torch.optim.Optimizer, Callable[[], None]]:
     torch.manual_seed(seed)
     model = resnet32().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     generator = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, 32, 32, generator=generator).to(device)
+    images = torch.randn(batch, 3, size, size, generator=generator).to(device)
     labels = torch.randint(0, 10, (batch,), generator=generator).to(device)
 
     def step() -> None:
@@ -109,7 +112,7 @@ def sigma_ratio(projector: OperatorNormProjector) -> float:
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    model, optimizer, step = make_training(device, args.batch)
+    model, optimizer, step = make_training(device, args.batch, args.image_size)
     for _ in range(2):  # warm-up (also records the input sizes for the projector below)
         step()
     projector = OperatorNormProjector(model, args.max_norm, every=args.every, iterations=args.iterations)
@@ -154,6 +157,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "layers": len(projector.layers),
         "batch": args.batch,
+        "image_size": args.image_size,
         "step_median_seconds": step_seconds,
         "step_seconds": step_times,
         "projection": projections,
@@ -189,6 +193,39 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     return result
 
 
+def layer_costs(shapes: list[tuple[int, int, int]], rounds: int, devices: list[torch.device]) -> list[dict[str, Any]]:
+    """Seconds for one projection round (``iterations=1``) of one He-initialised 3x3 layer, per shape and device."""
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    for channels, size, stride in shapes:
+        conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
+        nn.init.kaiming_normal_(conv.weight, generator=generator)
+        row: dict[str, Any] = {"channels": channels, "input_size": size, "stride": stride}
+        for device in devices:
+            conv = conv.to(device)
+            projector = OperatorNormProjector(conv, 1.0, input_shapes=size)
+            start = conv.weight.detach().clone()
+            times = []
+            for _ in range(rounds):
+                restore(conv, [start])
+                times.append(timed(projector.project_now, device))
+            row[f"{device.type}_median_seconds"] = statistics.median(times)
+        rows.append(row)
+    return rows
+
+
+def report_layer_costs(rows: list[dict[str, Any]]) -> None:
+    print("\none projection round (iterations=1) of one 3x3 layer, He-initialised (every frequency clipped):")
+    for row in rows:
+        times = ", ".join(
+            f"{key.split('_')[0]} {value * 1e3:8.1f} ms" for key, value in row.items() if key.endswith("seconds")
+        )
+        print(
+            f"  {row['channels']:4d} -> {row['channels']:4d} channels, {row['input_size']:3d}x{row['input_size']:<3d} "
+            f"stride {row['stride']}: {times}"
+        )
+
+
 def report(results: dict[str, Any]) -> None:
     info = results["machine"]
     print(
@@ -196,7 +233,10 @@ def report(results: dict[str, Any]) -> None:
         f"torch {info['torch']} ({info['torch_threads']} threads), GPU {info['gpu']}"
     )
     for run in results["runs"]:
-        print(f"\nResNet-32, batch {run['batch']}, {run['layers']} conv layers, device {run['device']}")
+        print(
+            f"\nResNet-32, batch {run['batch']}, {run['image_size']}x{run['image_size']} images, "
+            f"{run['layers']} conv layers, device {run['device']}"
+        )
         print(f"  training step (median of {len(run['step_seconds'])}): {run['step_median_seconds'] * 1e3:9.1f} ms")
         for name, projection in run["projection"].items():
             print(
@@ -224,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 8 and a few steps: a smoke run")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed training steps (median reported)")
     parser.add_argument("--rounds", type=int, default=3, help="timed projection rounds (median reported)")
     parser.add_argument("--every", type=int, default=100, help="projection period in steps")
@@ -231,11 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-norm", type=float, default=1.0)
     parser.add_argument("--e2e-steps", type=int, default=20, help="steps per arm of the end-to-end check")
     parser.add_argument("--e2e-every", type=int, default=10, help="projection period in the end-to-end check")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU even when one is available")
     parser.add_argument("--json", metavar="FILE", default=str(RESULTS), help=f"JSON output (default {RESULTS})")
     args = parser.parse_args(argv)
     if args.quick:
-        args.batch, args.steps, args.rounds, args.e2e_steps, args.e2e_every = 8, 2, 1, 2, 1
+        args.batch, args.image_size, args.steps, args.rounds, args.e2e_steps, args.e2e_every = 4, 16, 2, 1, 2, 1
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     info = machine()
     info["torch_threads"] = torch.get_num_threads()
     results: dict[str, Any] = {"machine": info, "argv": sys.argv[1:] if argv is None else argv, "runs": []}
@@ -244,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         devices.append(torch.device("cuda"))
     for device in devices:
         results["runs"].append(measure(args, device))
+    results["layer_costs"] = layer_costs(QUICK_LAYER_SHAPES if args.quick else LAYER_SHAPES, args.rounds, devices)
     report(results)
+    report_layer_costs(results["layer_costs"])
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2), encoding="utf-8")
