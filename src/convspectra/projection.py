@@ -94,10 +94,12 @@ class ProjectionReport:
         iterations: rounds that changed the kernel (0: it already satisfied the constraint;
             alternating projections stop early at a round that changes nothing).
         support_residual: Frobenius norm (of the folded kernel) of what the last support
-            restriction removed: the part of the clipped kernel outside the kernel's support.
-            Exactly 0.0 when the support covers the whole input grid.
-        support_changed: whether that residual exceeds rounding (``64 * eps`` times the norm of
-            the clipped kernel); False when no round ran.
+            restriction removed: the part of the last clipped kernel outside the kernel's support
+            (small when the iterations have converged). Exactly 0.0 when the support covers
+            the whole input grid.
+        support_changed: whether any round's support restriction removed more than rounding
+            (``64 * eps`` times the norm of the clipped kernel); False when no round ran. After
+            one iteration, False means the result is the exact nearest operator.
         method: ``"alternating"`` or ``"dykstra"``.
         max_norm: the upper bound asked for.
         min_norm: the lower bound asked for, or ``None``.
@@ -577,6 +579,7 @@ def _project_batch(items: list[_Item], options: _Options) -> None:
     correction = None  # Dykstra's increment for the clip set, in Fourier coordinates
     pending = np.zeros(layers, dtype=bool)  # layers whose Dykstra increment is non-zero
     residual = np.zeros(layers)
+    support_changed = np.zeros(layers, dtype=bool)
     clipped_norm = np.zeros(layers)
     before = None
     t = geometry.forward(x, layers)
@@ -618,6 +621,7 @@ def _project_batch(items: list[_Item], options: _Options) -> None:
                 residual = np.sqrt(np.maximum(np.asarray(diff if numpy else diff.cpu()), 0.0)) * active
             norms = geometry.squared_norms(t_clip, layers)
             clipped_norm = np.sqrt(np.asarray(norms if numpy else norms.cpu()))
+            support_changed |= residual > 64 * np.finfo(np.float64).eps * np.maximum(clipped_norm, 1e-300)
     result = geometry.lift(flat, x0, x)
     after = _extremes(geometry.forward(x, layers) if t is None else t, layers, band) if want_report else None
     for index, item in enumerate(items):
@@ -635,7 +639,6 @@ def _project_batch(items: list[_Item], options: _Options) -> None:
                 a = np.asarray(original.detach().cpu().numpy() if _is_torch(original) else original)
                 b = np.asarray(item.result.detach().cpu().numpy() if _is_torch(item.result) else item.result)
                 distance = float(np.linalg.norm((b.astype(np.complex128) - a.astype(np.complex128)).ravel()))
-            eps = np.finfo(np.float64).eps
             item.report = ProjectionReport(
                 sigma_max_before=float(before[0][index]),
                 sigma_max_after=float(after[0][index]),
@@ -644,7 +647,7 @@ def _project_batch(items: list[_Item], options: _Options) -> None:
                 distance=distance,
                 iterations=int(used[index]),
                 support_residual=float(residual[index]),
-                support_changed=bool(residual[index] > 64 * eps * max(clipped_norm[index], 1e-300)),
+                support_changed=bool(support_changed[index]),
                 method=method,
                 max_norm=item.high,
                 min_norm=item.low,
