@@ -77,7 +77,7 @@ class ConvLayer:
     """
 
     name: str
-    module: nn.Module
+    module: Any  # a Conv1d/2d/3d or ConvTranspose1d/2d/3d module
     max_norm: float
     input_shape: tuple[int, ...] | None = None
 
@@ -116,7 +116,7 @@ def _display(name: str, module: nn.Module) -> str:
     return repr(name) if name else f"the model itself ({type(module).__name__})"
 
 
-def check_input_shape(name: str, module: nn.Module, shape: ShapeLike) -> tuple[int, ...]:
+def check_input_shape(name: str, module: Any, shape: ShapeLike) -> tuple[int, ...]:
     """Validate a layer's input size: one positive int per spatial axis, divisible by the stride.
 
     Args:
@@ -284,7 +284,7 @@ def conv_layers(
     return selected
 
 
-def _spatial_shape(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[int, ...]:
+def _spatial_shape(module: Any, inputs: tuple[Any, ...]) -> tuple[int, ...]:
     ndim = len(module.kernel_size)
     return tuple(int(size) for size in inputs[0].shape[-ndim:])
 

@@ -24,7 +24,8 @@ try:
 
     _LIGHTNING_ERROR: ImportError | None = None
 except ImportError as err:  # pragma: no cover - depends on the environment
-    Callback = object  # type: ignore[assignment,misc]  (the module stays importable; the class refuses)
+    # the module stays importable; the class refuses to be created
+    Callback = object  # type: ignore[assignment,misc]
     _LIGHTNING_ERROR = err
 
 from .layers import LayerKey, LayerSelection, ShapeLike

@@ -131,13 +131,14 @@ class OperatorNormConstraint(nn.Module):
         )
 
 
-def _constraint_of(module: nn.Module) -> OperatorNormConstraint:
+def _constraint_of(module: Any) -> OperatorNormConstraint:
     if not isinstance(module, CONV_TYPES):
         raise ParameterTypeError(
             f"module: expected a Conv1d/2d/3d or ConvTranspose1d/2d/3d module, got {type(module).__qualname__}"
         )
     if parametrize.is_parametrized(module, "weight"):
-        for item in module.parametrizations.weight:
+        holder: Any = module.parametrizations
+        for item in holder.weight:
             if isinstance(item, OperatorNormConstraint):
                 return item
     raise ParameterError(
@@ -205,7 +206,7 @@ def register_operator_norm_constraint(
     )
     if input_shape is None:
 
-        def record(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
+        def record(mod: Any, inputs: tuple[Any, ...]) -> None:
             ndim = len(mod.kernel_size)
             shape = tuple(int(s) for s in inputs[0].shape[-ndim:])
             constraint.input_shape = check_input_shape("module", mod, shape)
@@ -217,7 +218,7 @@ def register_operator_norm_constraint(
     return module
 
 
-def remove_operator_norm_constraint(module: nn.Module) -> nn.Module:
+def remove_operator_norm_constraint(module: Any) -> Any:
     """Remove the constraint added by :func:`register_operator_norm_constraint`, keeping the constrained weight.
 
     ``module.weight`` becomes a plain parameter again (the same ``Parameter`` object as the
@@ -246,10 +247,11 @@ def remove_operator_norm_constraint(module: nn.Module) -> nn.Module:
         True
     """
     constraint = _constraint_of(module)
-    if len(module.parametrizations.weight) > 1:
+    stacked = len(module.parametrizations.weight)
+    if stacked > 1:
         raise ParameterError(
             f"module: expected the operator-norm constraint to be the only parametrization of the weight, got "
-            f"{len(module.parametrizations.weight)} stacked ones; remove the others first"
+            f"{stacked} stacked ones; remove the others first"
         )
     if constraint.input_shape is None:
         raise ConvSpectraError(

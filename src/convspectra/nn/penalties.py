@@ -35,14 +35,14 @@ from .layers import CONV_TYPES, LayerKey, LayerSelection, ShapeLike, assign_inpu
 __all__ = ["l1_penalty", "operator_norm_penalty"]
 
 
-def _modules(model: nn.Module | Iterable[nn.Module], layers: LayerSelection) -> list[nn.Module]:
+def _modules(model: nn.Module | Iterable[nn.Module], layers: LayerSelection) -> list[Any]:
     if isinstance(model, nn.Module):
         return [layer.module for layer in conv_layers(model, 1.0, layers, allow_parametrized=True)]
     if layers is not None:
         raise ParameterError("layers: expected None when an iterable of modules is given (it is the selection)")
     if isinstance(model, (str, bytes)) or not isinstance(model, Iterable):
         raise ParameterTypeError(f"model: expected a module or an iterable of conv modules, got {model!r}")
-    modules = list(model)
+    modules: list[Any] = list(model)
     for module in modules:
         if not isinstance(module, CONV_TYPES):
             raise ParameterTypeError(

@@ -136,15 +136,15 @@ def _project_jobs(
         _, shape, bound, geometry = jobs[0]
         results = [_projection.clip_operator_norm(work[0], shape, bound, **options, **geometry)]
     else:
+        geometries: dict[str, Any] = {
+            key: [job[3][key] for job in jobs] for key in ("stride", "dilation", "groups", "transposed")
+        }
         results = _projection.clip_operator_norm_many(
             work,
             [shape for _, shape, _, _ in jobs],
             [bound for _, _, bound, _ in jobs],
             **options,
-            **{
-                key: [geometry[key] for _, _, _, geometry in jobs]
-                for key in ("stride", "dilation", "groups", "transposed")
-            },
+            **geometries,
         )
     if rescale:
         for index, (_, shape, bound, geometry) in enumerate(jobs):
@@ -221,7 +221,13 @@ def project_layers(
     for layer in layers:
         layer.require_input_shape()
     target = None if device is None else torch.device(device)
-    options = {"min_norm": min_norm, "iterations": iterations, "method": method, "rescale": rescale, "device": target}
+    options: dict[str, Any] = {
+        "min_norm": min_norm,
+        "iterations": iterations,
+        "method": method,
+        "rescale": rescale,
+        "device": target,
+    }
     group = _process_group(distributed, process_group)
     with torch.no_grad():
         if group is None:
