@@ -47,7 +47,7 @@ from bench_singular_values import machine
 RESULTS = Path(__file__).resolve().parent / "results" / "training_overhead.json"
 # Typical layers for the cost-per-projection table: (channels in = out, input size, stride).
 LAYER_SHAPES = [(16, 32, 1), (32, 16, 1), (64, 8, 1), (32, 32, 2), (64, 56, 1), (128, 28, 1), (256, 14, 1), (512, 7, 1)]
-QUICK_LAYER_SHAPES = [(16, 16, 1), (32, 8, 2)]
+QUICK_LAYER_SHAPES = [(8, 8, 1), (8, 8, 2)]
 
 
 def synchronize(device: torch.device) -> None:
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", default=str(RESULTS), help=f"JSON output (default {RESULTS})")
     args = parser.parse_args(argv)
     if args.quick:
-        args.batch, args.image_size, args.steps, args.rounds, args.e2e_steps, args.e2e_every = 4, 16, 2, 1, 2, 1
+        args.batch, args.image_size, args.steps, args.rounds, args.e2e_steps, args.e2e_every = 2, 8, 1, 1, 2, 1
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     info = machine()
