@@ -30,6 +30,7 @@ from convspectra.nn import (
 )
 from convspectra.operator import dense_matrix
 
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Tiny models on a shared 2-core box: one torch thread avoids OpenMP contention (restored afterwards)."""
