@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 from convspectra.operator import dense_matrix
 from convspectra.spec import parse_layer
@@ -60,3 +61,46 @@ def assert_spectrum_matches(ours, kernel, input_shape, **kwargs) -> None:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20190101)
+
+
+def _kernel(rng, shape, kind):
+    if kind == "normal":
+        return rng.normal(size=shape)
+    if kind == "ones":  # non-negative: repeated and zero singular values
+        return np.ones(shape)
+    if kind == "sparse":  # mostly zero: rank-deficient transfer matrices
+        return rng.normal(size=shape) * (rng.random(shape) < 0.2)
+    if kind == "integer":
+        return rng.integers(-3, 4, size=shape)
+    raise AssertionError(kind)
+
+
+@st.composite
+def layers(draw, max_dense: int = 600):
+    """A random conv layer: dimension, channels, groups, kernel (possibly > input), stride,
+    dilation, layout, transposition, dtype and kernel kind, with a dense matrix <= max_dense."""
+    d = draw(st.integers(1, 3))
+    groups = draw(st.integers(1, 3))
+    c_out = groups * draw(st.integers(1, 3))
+    c_in = groups * draw(st.integers(1, 3))
+    kmax, mmax = {1: (7, 7), 2: (5, 5), 3: (3, 3)}[d]
+    k = tuple(draw(st.integers(1, kmax)) for _ in range(d))
+    s = tuple(draw(st.integers(1, 3)) for _ in range(d))
+    dil = tuple(draw(st.integers(1, 3)) for _ in range(d))
+    m = [draw(st.integers(1, mmax)) for _ in range(d)]
+    while max(c_out * math.prod(m), c_in * math.prod(m) * math.prod(s)) > max_dense and max(m) > 1:
+        m[m.index(max(m))] -= 1  # shrink the longest axis until the dense matrix is small
+    m = tuple(m)
+    n = tuple(mi * si for mi, si in zip(m, s, strict=True))
+    transposed = draw(st.booleans())
+    layout = draw(st.sampled_from(["OIHW", "HWIO"]))
+    dtype = draw(st.sampled_from([np.float64, np.float32]))
+    kind = draw(st.sampled_from(["normal", "normal", "ones", "sparse", "integer"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    weight = _kernel(np.random.default_rng(seed), (c_out, c_in // groups, *k), kind)
+    if kind != "integer":
+        weight = weight.astype(dtype)
+    if layout == "HWIO":
+        weight = np.transpose(weight, (*range(2, 2 + d), 1, 0))
+    kwargs = dict(layout=layout, stride=s, dilation=dil, groups=groups, transposed=transposed)
+    return weight, (m if transposed else n), kwargs

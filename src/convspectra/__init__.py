@@ -6,7 +6,9 @@ Example:
     4.0
 """
 
-from .errors import ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
+from . import bounds
+from .errors import ConvergenceWarning, ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
+from .norm import NormBounds, operator_norm, operator_norm_bounds
 from .projection import (
     ProjectionReport,
     clip_operator_norm,
@@ -23,15 +25,20 @@ __all__ = [
     "LAYOUTS",
     "ConvSpec",
     "ConvSpectraError",
+    "ConvergenceWarning",
     "FrequencySpectrum",
     "MemoryBudgetError",
+    "NormBounds",
     "ParameterError",
     "ParameterTypeError",
     "ProjectionReport",
     "__version__",
+    "bounds",
     "clip_operator_norm",
     "clip_operator_norm_many",
     "clip_operator_norm_report",
     "frequency_spectrum",
+    "operator_norm",
+    "operator_norm_bounds",
     "singular_values",
 ]

@@ -75,8 +75,9 @@ def _single_threaded_blas() -> Iterator[None]:
 def run_chunks(function: Callable[[T], R], items: Iterable[T], workers: int) -> list[R]:
     """``[function(item) for item in items]``, spread over ``workers`` threads, in order."""
     items = list(items)
-    if workers <= 1 or len(items) <= 1:
-        return [function(item) for item in items]
+    if workers <= 1 or len(items) <= 1:  # small per-matrix LAPACK calls: BLAS threads only cost
+        with _single_threaded_blas():
+            return [function(item) for item in items]
     with _single_threaded_blas(), ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         results: list[Any] = list(pool.map(function, items))
     return results

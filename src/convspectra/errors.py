@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["ConvSpectraError", "MemoryBudgetError", "ParameterError", "ParameterTypeError"]
+__all__ = ["ConvSpectraError", "ConvergenceWarning", "MemoryBudgetError", "ParameterError", "ParameterTypeError"]
 
 
 class ConvSpectraError(Exception):
@@ -33,3 +33,7 @@ class ParameterTypeError(ConvSpectraError, TypeError):
 
 class MemoryBudgetError(ParameterError):
     """The request would need more memory than the allowed budget; the message gives the estimate."""
+
+
+class ConvergenceWarning(UserWarning):
+    """An iterative solver stopped at its budget; the message gives the bracket it reached."""

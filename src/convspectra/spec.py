@@ -222,7 +222,7 @@ def _kernel_from_module(module: Any, layout: str, overrides: dict[str, Any]) -> 
 
 def parse_layer(
     kernel: Any,
-    input_shape: int | Sequence[int],
+    input_shape: int | Sequence[int] | None,
     *,
     layout: str = "OIHW",
     stride: int | Sequence[int] | None = None,
@@ -237,6 +237,8 @@ def parse_layer(
             ``torch.Tensor``, or a ``torch.nn.Conv1d/2d/3d`` / ``ConvTranspose1d/2d/3d`` module.
         input_shape: spatial size of the layer's input: an int (same on every axis) or one
             int per spatial axis. For a transposed layer this is the transposed layer's input.
+            ``None`` (for functions that do not depend on it, such as the kernel-only bounds)
+            stands for the smallest grid the stride allows: ``input_shape = stride``.
         layout: ``"OIHW"`` (channels first, PyTorch; also ``"OIW"``, ``"OIDHW"``) or ``"HWIO"``
             (channels last, TensorFlow/JAX; also ``"WIO"``, ``"DHWIO"``). ``"OIHW"`` and
             ``"HWIO"`` accept any number of spatial dimensions; the others fix it.
@@ -300,8 +302,8 @@ def parse_layer(
         order = (ndim + 1, ndim, *range(ndim))
         weight = weight.permute(*order) if is_torch else np.transpose(weight, order)
 
-    input_shape_t = _as_tuple("input_shape", input_shape, ndim)
     stride_t = _as_tuple("stride", 1 if stride is None else stride, ndim)
+    input_shape_t = _as_tuple("input_shape", input_shape, ndim) if input_shape is not None else stride_t
     dilation_t = _as_tuple("dilation", 1 if dilation is None else dilation, ndim)
     groups_i = 1 if groups is None else groups
     if isinstance(groups_i, (bool, np.bool_)) or not isinstance(groups_i, numbers.Integral):

@@ -1,0 +1,194 @@
+r"""A convolution layer as a linear operator: matrix-free products with it and its adjoint.
+
+:class:`ConvOperator` applies a layer with zero padding, or with circular padding of any width,
+or with wrap-around boundary, to arrays ``(in_channels, *input_shape)``, by FFT on a grid large
+enough that nothing wraps where it must not:
+
+* the input is placed at offset ``p_left`` in a grid of size ``N >= n + p_left + p_right``
+  (zero padding; ``N = n`` for the circular modes),
+* the stride-1 correlation ``y1[v] = sum_t W_t x[(v + delta t) mod N]`` is one product per
+  frequency, ``Y(f) = W^(f) X(f)`` with ``W^(f) = sum_t W_t exp(+2 pi i f delta t / N)``,
+* the outputs are the samples ``y1[(s u - shift) mod N]``, ``u = 0 .. m - 1``.
+
+The adjoint scatters, transforms and multiplies by ``W^(f)^H``. It is what the iterative solvers
+of :mod:`convspectra.norm` run on; the test-suite checks it against PyTorch's own convolution.
+
+Example:
+    >>> import numpy as np
+    >>> from convspectra.conv_operator import ConvOperator
+    >>> op = ConvOperator.create(np.ones((1, 1, 3)), input_shape=(4,), padding=((1, 1),))
+    >>> op.matvec(np.array([[1.0, 2.0, 3.0, 4.0]])).round(12)  # conv1d(x, ones(3), padding=1)
+    array([[3., 6., 9., 7.]])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ConvOperator", "good_fft_size"]
+
+
+def good_fft_size(n: int) -> int:
+    """The smallest ``2^a 3^b 5^c >= n`` (fast FFT lengths)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            size = p35
+            while size < n:
+                size *= 2
+            best = min(best, size)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+@dataclass(frozen=True)
+class ConvOperator:
+    """A forward convolution ``(in_channels, *input_shape) -> (out_channels, *output_shape)``.
+
+    Build it with :meth:`create`. Attributes are the normalised geometry: FFT ``grid``, the
+    input ``offset`` in it, the output sampling ``shift``, the frequency-domain kernel ``hat``
+    ``(F, groups, out/groups, in/groups)`` on the (real-to-complex when ``real``) FFT grid.
+    """
+
+    weight: np.ndarray
+    groups: int
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    grid: tuple[int, ...]
+    offset: tuple[int, ...]
+    shift: tuple[int, ...]
+    real: bool
+    hat: np.ndarray
+
+    @classmethod
+    def create(
+        cls,
+        weight: np.ndarray,
+        *,
+        input_shape: Sequence[int],
+        padding: Sequence[tuple[int, int]] | None = None,
+        mode: str = "zeros",
+        stride: Sequence[int] | None = None,
+        dilation: Sequence[int] | None = None,
+        groups: int = 1,
+    ) -> ConvOperator:
+        """The layer with forward weight ``(O, I/groups, k...)``.
+
+        Args:
+            weight: forward weight, NumPy (float or complex).
+            input_shape: spatial size n of the input.
+            padding: ``(left, right)`` per axis (default none).
+            mode: ``"zeros"`` (PyTorch zero padding), ``"circular"`` (PyTorch
+                ``padding_mode="circular"``: indices wrap modulo n), or ``"wrap"`` (the
+                wrap-around operator of :func:`convspectra.singular_values`; padding ignored,
+                n must be a multiple of the stride).
+            stride, dilation: per axis (default 1).
+            groups: channel groups.
+        """
+        d = weight.ndim - 2
+        n = tuple(int(v) for v in input_shape)
+        s = tuple(stride) if stride is not None else (1,) * d
+        dl = tuple(dilation) if dilation is not None else (1,) * d
+        pads = tuple(tuple(p) for p in padding) if padding is not None else ((0, 0),) * d
+        k = weight.shape[2:]
+        if mode == "wrap":
+            grid, offset, shift = n, (0,) * d, (0,) * d
+            m = tuple(a // b for a, b in zip(n, s, strict=True))
+        else:
+            m = tuple(
+                (ni + pl + pr - di * (ki - 1) - 1) // si + 1
+                for ni, (pl, pr), di, ki, si in zip(n, pads, dl, k, s, strict=True)
+            )
+            if mode == "zeros":
+                grid = tuple(good_fft_size(ni + pl + pr) for ni, (pl, pr) in zip(n, pads, strict=True))
+                offset, shift = tuple(pl for pl, _ in pads), (0,) * d
+            elif mode == "circular":
+                grid, offset, shift = n, (0,) * d, tuple(pl for pl, _ in pads)
+            else:
+                raise ValueError(f"mode: expected 'zeros', 'circular' or 'wrap', got {mode!r}")
+        real = not np.iscomplexobj(weight)
+        weight = np.asarray(weight, dtype=np.float64 if real else np.complex128)
+        # taps scattered on the grid (added where they wrap onto each other)
+        taps = np.stack(np.unravel_index(np.arange(math.prod(k)), k), axis=1)
+        positions = (taps * np.asarray(dl)) % np.asarray(grid)
+        spread = np.zeros((*weight.shape[:2], *grid), dtype=weight.dtype)
+        flat_w = weight.reshape(*weight.shape[:2], -1)
+        for index, pos in enumerate(positions):
+            spread[(slice(None), slice(None), *pos)] += flat_w[..., index]
+        axes = tuple(range(2, 2 + d))
+        if real:
+            hat = np.conj(np.fft.rfftn(spread, axes=axes))
+        else:
+            hat = np.conj(np.fft.fftn(np.conj(spread), axes=axes))
+        out_c, in_g = weight.shape[:2]
+        hat = hat.reshape(groups, out_c // groups, in_g, -1).transpose(3, 0, 1, 2).copy()
+        return cls(weight, groups, s, dl, n, m, grid, offset, shift, real, hat)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels."""
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def out_channels(self) -> int:
+        """Output channels."""
+        return self.weight.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(rows, columns)`` of the operator's matrix."""
+        return self.out_channels * math.prod(self.output_shape), self.in_channels * math.prod(self.input_shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """float64, or complex128 for a complex kernel."""
+        return self.weight.dtype
+
+    def _samples(self) -> tuple[np.ndarray, ...]:
+        return tuple(
+            (s * np.arange(m) - sh) % g
+            for s, m, sh, g in zip(self.stride, self.output_shape, self.shift, self.grid, strict=True)
+        )
+
+    def _forward_fft(self, z: np.ndarray) -> np.ndarray:
+        axes = tuple(range(1, z.ndim))
+        return np.fft.rfftn(z, axes=axes) if self.real else np.fft.fftn(z, axes=axes)
+
+    def _inverse_fft(self, z: np.ndarray) -> np.ndarray:
+        axes = tuple(range(1, z.ndim))
+        if self.real:
+            return np.fft.irfftn(z, s=self.grid, axes=axes)
+        return np.fft.ifftn(z, axes=axes)
+
+    def _multiply(self, spectrum: np.ndarray, adjoint: bool) -> np.ndarray:
+        channels = spectrum.shape[0]
+        freq_shape = spectrum.shape[1:]
+        per_group = spectrum.reshape(self.groups, channels // self.groups, -1).transpose(2, 0, 1)[..., None]
+        hat = np.conj(np.swapaxes(self.hat, 2, 3)) if adjoint else self.hat
+        out = (hat @ per_group)[..., 0]  # (F, G, c)
+        return out.transpose(1, 2, 0).reshape(-1, *freq_shape)
+
+    def matvec(self, x: np.ndarray) -> np.ndarray:
+        """``A x`` for ``x`` of shape ``(in_channels, *input_shape)`` (or flat)."""
+        x = np.asarray(x).reshape(self.in_channels, *self.input_shape)
+        padded = np.zeros((self.in_channels, *self.grid), dtype=np.result_type(x, self.weight))
+        padded[(slice(None), *(slice(o, o + n) for o, n in zip(self.offset, self.input_shape, strict=True)))] = x
+        full = self._inverse_fft(self._multiply(self._forward_fft(padded), adjoint=False))
+        return full[(slice(None), *np.ix_(*self._samples()))]
+
+    def rmatvec(self, y: np.ndarray) -> np.ndarray:
+        """``A^H y`` for ``y`` of shape ``(out_channels, *output_shape)`` (or flat)."""
+        y = np.asarray(y).reshape(self.out_channels, *self.output_shape)
+        full = np.zeros((self.out_channels, *self.grid), dtype=np.result_type(y, self.weight))
+        np.add.at(full, (slice(None), *np.ix_(*self._samples())), y)
+        back = self._inverse_fft(self._multiply(self._forward_fft(full), adjoint=True))
+        return back[(slice(None), *(slice(o, o + n) for o, n in zip(self.offset, self.input_shape, strict=True)))]
