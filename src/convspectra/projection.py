@@ -319,8 +319,9 @@ def _clip_max(t: Any, high: Any) -> tuple[Any, Any]:
 
     The Hermitian eigensolver on the smaller Gram matrix, ``G = T T^H = V diag(sigma^2) V^H``:
     ``T' = T - V diag(1 - min(1, c / sigma)) V^H T`` (``T V ...`` for a tall ``T``). Matrices with
-    ``trace G = ||T||_F^2 <= c^2`` cannot have ``sigma_max > c`` and are not decomposed; matrices
-    that need no change are returned bit for bit.
+    ``trace G = ||T||_F^2 <= c^2`` or a Gershgorin bound ``max_i sum_j |G_ij| <= c^2`` cannot
+    have ``sigma_max > c`` and are not decomposed; matrices that need no change are returned bit
+    for bit.
     """
     if not isinstance(t, np.ndarray):
         return _clip_max_torch(t, high)
@@ -337,6 +338,14 @@ def _clip_max(t: Any, high: Any) -> tuple[Any, Any]:
     everything = len(index) == len(t)
     if not everything:
         gram, high = gram[index], high[index]
+    # Gershgorin: lambda_max(G) <= max_i sum_j |G_ij|; prunes matrices well inside the ball
+    inside = np.abs(gram).sum(axis=2).max(axis=1) <= high**2
+    if inside.any():
+        keep = ~inside
+        index, gram, high = index[keep], gram[keep], high[keep]
+        everything = False
+        if len(index) == 0:
+            return t, changed
     lam, w = np.linalg.eigh(gram)
     cap = high[:, None]
     sigma = np.sqrt(np.maximum(lam, 0.0))
@@ -348,6 +357,10 @@ def _clip_max(t: Any, high: Any) -> tuple[Any, Any]:
         index, w, shrink = index[hit], w[hit], shrink[hit]
         everything = False
     sub = t if everything else t[index]
+    # only the eigenvectors with sigma > c move anything: the last `top` columns (ascending order)
+    top = int((shrink > 0).sum(axis=1).max())
+    if top < shrink.shape[1]:
+        w, shrink = w[:, :, -top:], shrink[:, -top:]
     if tall:  # T - (T V) diag(shrink) V^H,  V = conj(W), V^H = W^T
         sub = sub - ((sub @ w.conj()) * shrink[:, None, :]) @ np.swapaxes(w, 1, 2)
     else:  # T - V diag(shrink) (V^H T)
