@@ -183,6 +183,7 @@ class _Geometry:
         self.psi = np.ascontiguousarray((phases.conj() * self.row_weight[:, None]).T)  # (P, B * S)
         self.phi_parts = (np.ascontiguousarray(phases.real), np.ascontiguousarray(phases.imag))
         self.psi_parts = (np.ascontiguousarray(self.psi.real), np.ascontiguousarray(self.psi.imag))
+        self.psi_stacked = np.concatenate(self.psi_parts)  # (2P, B * S): [Re psi; Im psi]
         self._device_tables: dict[Any, tuple[Any, ...]] = {}
 
     def _phases(self, n: np.ndarray) -> np.ndarray:
@@ -241,7 +242,12 @@ class _Geometry:
         return self._device_tables[device]
 
     def forward(self, x: Any, layers: int) -> Any:
-        """Folded kernels ``(P, layers * columns)`` -> transfer matrices ``(layers * B * G, a, S * b)``."""
+        """Folded kernels ``(P, layers * columns)`` -> transfer matrices ``(B * layers * G, a, S * b)``.
+
+        The batch axis runs over (frequency, layer, group), so that without stride the result is
+        a view of one matrix product (no copy).
+        """
+        shape = (self.batch, self.aliases, layers, self.groups, self.rows, self.cols_per_alias)
         if isinstance(x, np.ndarray):
             if np.iscomplexobj(x):
                 z = self.phi @ x
@@ -249,40 +255,48 @@ class _Geometry:
                 z = np.empty((self.phi.shape[0], x.shape[1]), dtype=np.complex128)
                 z.real = self.phi_parts[0] @ x
                 z.imag = self.phi_parts[1] @ x
-            shape = (self.batch, self.aliases, layers, self.groups, self.rows, self.cols_per_alias)
-            z = z.reshape(shape).transpose(2, 0, 3, 4, 1, 5)
+            z = z.reshape(shape).transpose(0, 2, 3, 4, 1, 5)
         else:
             torch = sys.modules["torch"]
             phi, _psi, phr, phi_i = self.tables(x.device)[:4]
             z = phi @ x if x.is_complex() else torch.complex(phr @ x, phi_i @ x)
-            shape = (self.batch, self.aliases, layers, self.groups, self.rows, self.cols_per_alias)
-            z = z.reshape(shape).permute(2, 0, 3, 4, 1, 5)
-        return z.reshape(layers * self.batch * self.groups, self.rows, self.aliases * self.cols_per_alias)
+            z = z.reshape(shape).permute(0, 2, 3, 4, 1, 5)
+        return z.reshape(self.batch * layers * self.groups, self.rows, self.aliases * self.cols_per_alias)
 
     def inverse(self, t: Any, layers: int, real: bool) -> Any:
         """Transfer matrices -> the support's coefficients ``(P, layers * columns)`` (inverse DFT, restricted)."""
-        shape = (layers, self.batch, self.groups, self.rows, self.aliases, self.cols_per_alias)
+        shape = (self.batch, layers, self.groups, self.rows, self.aliases, self.cols_per_alias)
+        rows = self.batch * self.aliases
         if isinstance(t, np.ndarray):
-            z = t.reshape(shape).transpose(1, 4, 0, 2, 3, 5).reshape(self.batch * self.aliases, -1)
-            if real:
-                return self.psi_parts[0] @ z.real - self.psi_parts[1] @ z.imag
-            return self.psi @ z
+            z = np.ascontiguousarray(t.reshape(shape).transpose(0, 4, 1, 2, 3, 5)).reshape(rows, -1)
+            if not real:
+                return self.psi @ z
+            # Re(psi @ z) from one real product with z's interleaved (re, im) columns
+            both = self.psi_stacked @ z.view(np.float64)
+            support = self.support
+            return both[:support, 0::2] - both[support:, 1::2]
         tables = self.tables(t.device)
-        z = t.reshape(shape).permute(1, 4, 0, 2, 3, 5).reshape(self.batch * self.aliases, -1)
+        z = t.reshape(shape).permute(0, 4, 1, 2, 3, 5).reshape(rows, -1)
         if real:
             return tables[6] @ z.real.contiguous() - tables[7] @ z.imag.contiguous()
         return tables[1] @ z
 
-    def squared_norms(self, t: Any, layers: int) -> Any:
-        """Per layer: squared Frobenius norm of the folded kernel whose transfer matrices are ``t``."""
-        weight = self.row_weight.reshape(self.batch, self.aliases)[:, 0] * self.aliases  # w_b / M
-        per_matrix = (
-            (t.real**2 + t.imag**2).sum(axis=(1, 2)) if isinstance(t, np.ndarray) else t.abs().square().sum(dim=(1, 2))
-        )
-        per_matrix = per_matrix.reshape(layers, self.batch, self.groups).sum(-1)
-        if isinstance(per_matrix, np.ndarray):
-            return per_matrix @ weight
-        return per_matrix @ sys.modules["torch"].from_numpy(weight).to(per_matrix.device)
+    def per_layer(self, values: Any, layers: int) -> Any:
+        """(B * layers * G, ...) -> (B, layers, G, ...): split the batch axis."""
+        return values.reshape(self.batch, layers, self.groups, *values.shape[1:])
+
+    def squared_norms(self, t: Any, layers: int) -> np.ndarray:
+        """Per layer: squared Frobenius norm of the folded kernel whose transfer matrices are ``t``.
+
+        ``||K||^2 = (1/M) sum_g ||T(g)||_F^2`` (Parseval; M output frequencies), with the
+        conjugate partners of a real kernel counted through their multiplicity.
+        """
+        weight = self.row_weight.reshape(self.batch, self.aliases)[:, 0]  # w_b / M
+        if isinstance(t, np.ndarray):
+            per_matrix = (t.real**2 + t.imag**2).sum(axis=(1, 2))
+        else:
+            per_matrix = t.abs().square().sum(dim=(1, 2)).cpu().numpy()
+        return weight @ self.per_layer(per_matrix, layers).sum(axis=2)
 
 
 @lru_cache(maxsize=64)
@@ -303,46 +317,88 @@ def _mh(x: Any) -> Any:
 def _clip_max(t: Any, high: Any) -> tuple[Any, Any]:
     """Clip every matrix's singular values at ``high`` (per matrix). Returns (clipped, changed mask).
 
-    Frobenius prefilter (||T||_F <= c implies sigma_max <= c), then the Hermitian eigensolver on
-    the smaller Gram matrix of the candidates: T' = T - V diag(1 - min(1, c / sigma)) V^H T.
-    Matrices that need no change are returned bit for bit.
+    The Hermitian eigensolver on the smaller Gram matrix, ``G = T T^H = V diag(sigma^2) V^H``:
+    ``T' = T - V diag(1 - min(1, c / sigma)) V^H T`` (``T V ...`` for a tall ``T``). Matrices with
+    ``trace G = ||T||_F^2 <= c^2`` or a Gershgorin bound ``max_i sum_j |G_ij| <= c^2`` cannot
+    have ``sigma_max > c`` and are not decomposed; matrices that need no change are returned bit
+    for bit.
     """
-    numpy = isinstance(t, np.ndarray)
-    frob = (t.real**2 + t.imag**2).sum(axis=(1, 2)) if numpy else t.abs().square().sum(dim=(1, 2))
-    candidates = frob > high**2
-    index = np.flatnonzero(candidates) if numpy else candidates.nonzero().reshape(-1)
-    changed = np.zeros(len(t), dtype=bool) if numpy else candidates.new_zeros(len(t))
+    if not isinstance(t, np.ndarray):
+        return _clip_max_torch(t, high)
+    tall = t.shape[1] > t.shape[2]
+    # conj(G) from a contiguous conj and a transposed view (a conj-transposed copy costs more
+    # than the product); its eigenvectors are W = conj(V).
+    conj = t.conj()
+    gram = np.swapaxes(t, 1, 2) @ conj if tall else conj @ np.swapaxes(t, 1, 2)
+    trace = np.einsum("bii->b", gram).real
+    index = np.flatnonzero(trace > high**2)
+    changed = np.zeros(len(t), dtype=bool)
     if len(index) == 0:
         return t, changed
     everything = len(index) == len(t)
-    sub = t if everything else t[index]
-    cap = (high if everything else high[index])[:, None]
-    tall = sub.shape[1] > sub.shape[2]
-    gram = _mh(sub) @ sub if tall else sub @ _mh(sub)
-    if numpy:
-        lam, vec = np.linalg.eigh(gram)
-        sigma = np.sqrt(np.maximum(lam, 0.0))
-        shrink = np.where(sigma > cap, 1.0 - cap / np.where(sigma > 0, sigma, 1.0), 0.0)
-        hit = shrink[:, -1] > 0  # eigenvalues ascending: the largest decides
-    else:
-        torch = sys.modules["torch"]
-        lam, vec = torch.linalg.eigh(gram)
-        sigma = lam.clamp_min(0.0).sqrt()
-        shrink = torch.where(sigma > cap, 1.0 - cap / torch.where(sigma > 0, sigma, torch.ones_like(sigma)), 0.0)
-        hit = shrink[:, -1] > 0
-    count = int(hit.sum())
-    if count == 0:
+    if not everything:
+        gram, high = gram[index], high[index]
+    # Gershgorin: lambda_max(G) <= max_i sum_j |G_ij|; prunes matrices well inside the ball
+    inside = np.abs(gram).sum(axis=2).max(axis=1) <= high**2
+    if inside.any():
+        keep = ~inside
+        index, gram, high = index[keep], gram[keep], high[keep]
+        everything = False
+        if len(index) == 0:
+            return t, changed
+    lam, w = np.linalg.eigh(gram)
+    cap = high[:, None]
+    sigma = np.sqrt(np.maximum(lam, 0.0))
+    shrink = np.where(sigma > cap, 1.0 - cap / np.where(sigma > 0, sigma, 1.0), 0.0)
+    hit = shrink[:, -1] > 0  # eigenvalues ascending: the largest decides
+    if not hit.any():
         return t, changed
-    if count < len(sub):
-        sub, vec, shrink = sub[hit], vec[hit], shrink[hit]
-        index = index[hit]
-    weights = shrink[:, None, :] if numpy else shrink[:, None, :].to(vec.dtype)
-    projector = (vec * weights) @ _mh(vec)
-    sub = sub - (sub @ projector if tall else projector @ sub)
-    if len(index) == len(t):
+    if not hit.all():
+        index, w, shrink = index[hit], w[hit], shrink[hit]
+        everything = False
+    sub = t if everything else t[index]
+    # only the eigenvectors with sigma > c move anything: the last `top` columns (ascending order)
+    top = int((shrink > 0).sum(axis=1).max())
+    if top < shrink.shape[1]:
+        w, shrink = w[:, :, -top:], shrink[:, -top:]
+    if tall:  # T - (T V) diag(shrink) V^H,  V = conj(W), V^H = W^T
+        sub = sub - ((sub @ w.conj()) * shrink[:, None, :]) @ np.swapaxes(w, 1, 2)
+    else:  # T - V diag(shrink) (V^H T)
+        sub = sub - w.conj() @ ((np.swapaxes(w, 1, 2) @ sub) * shrink[:, :, None])
+    if everything:
         changed[:] = True
         return sub, changed
-    t = t.copy() if numpy else t.clone()
+    t = t.copy()
+    t[index] = sub
+    changed[index] = True
+    return t, changed
+
+
+def _clip_max_torch(t: Any, high: Any) -> tuple[Any, Any]:
+    """:func:`_clip_max` with torch operations (any device)."""
+    torch = sys.modules["torch"]
+    tall = t.shape[1] > t.shape[2]
+    gram = t.mH @ t if tall else t @ t.mH
+    trace = gram.diagonal(dim1=1, dim2=2).real.sum(dim=1)
+    candidates = trace > high**2
+    index = candidates.nonzero().reshape(-1)
+    changed = torch.zeros(len(t), dtype=torch.bool, device=t.device)
+    if len(index) == 0:
+        return t, changed
+    lam, vec = torch.linalg.eigh(gram[index])
+    cap = high[index][:, None]
+    sigma = lam.clamp_min(0.0).sqrt()
+    shrink = torch.where(sigma > cap, 1.0 - cap / torch.where(sigma > 0, sigma, torch.ones_like(sigma)), 0.0)
+    hit = shrink[:, -1] > 0
+    if not bool(hit.any()):
+        return t, changed
+    index, vec, shrink = index[hit], vec[hit], shrink[hit].to(vec.dtype)
+    sub = t[index]
+    if tall:
+        sub = sub - ((sub @ vec) * shrink[:, None, :]) @ vec.mH
+    else:
+        sub = sub - vec @ ((vec.mH @ sub) * shrink[:, :, None])
+    t = t.clone()
     t[index] = sub
     changed[index] = True
     return t, changed
@@ -371,16 +427,15 @@ def _clip_band(t: Any, high: Any, low: Any) -> tuple[Any, Any]:
     return t, changed
 
 
-def _extremes(t: Any, layers: int, band: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _extremes(geometry: _Geometry, t: Any, layers: int, band: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Per layer: largest singular value, and smallest (if ``band``), of the transfer matrices ``t``."""
-    numpy = isinstance(t, np.ndarray)
-    if numpy:
+    if isinstance(t, np.ndarray):
         values = np.linalg.svd(t, compute_uv=False)
     else:
         values = sys.modules["torch"].linalg.svdvals(t).cpu().numpy()
-    values = values.reshape(layers, -1, values.shape[-1])
-    top = values[..., 0].max(axis=1)
-    return top, (values[..., -1].min(axis=1) if band else None)
+    values = geometry.per_layer(values, layers)  # (B, layers, G, r)
+    top = values[..., 0].max(axis=(0, 2))
+    return top, (values[..., -1].min(axis=(0, 2)) if band else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -567,9 +622,9 @@ def _project_batch(items: list[_Item], options: _Options) -> None:
         flat = sys.modules["torch"].cat([item.flat for item in items], dim=1)
     x0 = geometry.fold_kernel(flat)
     x = x0
-    per_layer = geometry.batch * geometry.groups
-    high = np.repeat(np.array([item.high for item in items]), per_layer)
-    low = np.repeat(np.array([item.low if item.low is not None else 0.0 for item in items]), per_layer)
+    # per matrix of the (frequency, layer, group) batch
+    high = np.tile(np.repeat([item.high for item in items], geometry.groups), geometry.batch)
+    low = np.tile(np.repeat([item.low or 0.0 for item in items], geometry.groups), geometry.batch)
     if not numpy:
         torch = sys.modules["torch"]
         high = torch.from_numpy(high).to(x.device)
@@ -580,21 +635,17 @@ def _project_batch(items: list[_Item], options: _Options) -> None:
     pending = np.zeros(layers, dtype=bool)  # layers whose Dykstra increment is non-zero
     residual = np.zeros(layers)
     support_changed = np.zeros(layers, dtype=bool)
-    clipped_norm = np.zeros(layers)
     before = None
     t = geometry.forward(x, layers)
     if want_report:
-        before = _extremes(t, layers, band)
+        before = _extremes(geometry, t, layers, band)
     for _ in range(iterations):
         if t is None:
             t = geometry.forward(x, layers)
         t_in = t if correction is None else t + correction
         t_clip, changed = _clip(t_in, high, low, band, options.workers if numpy else 1)
-        layer_changed = np.asarray(
-            changed.reshape(layers, per_layer).any(axis=1)
-            if numpy
-            else changed.reshape(layers, per_layer).any(dim=1).cpu()
-        )
+        changed = changed if numpy else changed.cpu().numpy()
+        layer_changed = geometry.per_layer(changed, layers).any(axis=(0, 2))
         active = layer_changed | pending
         if not active.any():
             break
@@ -617,13 +668,13 @@ def _project_batch(items: list[_Item], options: _Options) -> None:
             if geometry.full_support:
                 residual[:] = 0.0
             else:
-                diff = geometry.squared_norms(t_clip - t, layers)
-                residual = np.sqrt(np.maximum(np.asarray(diff if numpy else diff.cpu()), 0.0)) * active
-            norms = geometry.squared_norms(t_clip, layers)
-            clipped_norm = np.sqrt(np.asarray(norms if numpy else norms.cpu()))
+                residual = np.sqrt(geometry.squared_norms(t_clip - t, layers)) * active
+            clipped_norm = np.sqrt(geometry.squared_norms(t_clip, layers))
             support_changed |= residual > 64 * np.finfo(np.float64).eps * np.maximum(clipped_norm, 1e-300)
     result = geometry.lift(flat, x0, x)
-    after = _extremes(geometry.forward(x, layers) if t is None else t, layers, band) if want_report else None
+    after = None
+    if want_report:
+        after = _extremes(geometry, geometry.forward(x, layers) if t is None else t, layers, band)
     for index, item in enumerate(items):
         if used[index] == 0:
             item.result = _unchanged(item)
