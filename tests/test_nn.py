@@ -465,6 +465,22 @@ def test_operator_norm_penalty_gradient_finite_at_a_zero_kernel_and_float32():
     assert abs(penalty32.item() - (dense_norm(conv32, conv32.weight, 5) - 1e-3)) <= 1e-5
 
 
+def test_operator_norm_penalty_with_the_modules_own_zero_padding_matches_the_padded_layer():
+    torch.manual_seed(8)
+    conv = nn.Conv2d(2, 3, 3, padding=1).double()
+    size = (5, 6)
+    # oracle: the dense matrix of the layer as PyTorch computes it (zero padding, no bias)
+    basis = torch.eye(2 * size[0] * size[1], dtype=torch.float64).reshape(-1, 2, *size)
+    with torch.no_grad():
+        matrix = F.conv2d(basis, conv.weight, padding=1).reshape(len(basis), -1).T
+    padded = float(torch.linalg.matrix_norm(matrix, ord=2))
+    value = operator_norm_penalty(conv, 0.1, size, padding="module")
+    assert abs(value.item() - (padded - 0.1)) <= 1e-6 * padded  # the iterative solver's accuracy (rtol 1e-8)
+    assert padded < dense_norm(conv, conv.weight, size)  # differs from the circular operator's
+    value.backward()
+    assert torch.isfinite(conv.weight.grad).all() and conv.weight.grad.abs().sum() > 0
+
+
 def test_l1_penalty_is_the_sum_of_absolute_kernels_and_bounds_each_norm():
     model = penalty_model()
     value = l1_penalty(model)

@@ -4,9 +4,10 @@ r"""Loss penalties on the operator norms of a model's convolutions.
   Gupta & Long (2019), :math:`\|A(K)\|_2 \le \sum_{c,d,p,q} |K_{c,d,p,q}|`: the comparison
   regulariser of the paper's Section 4.2. Cheap, but often a loose bound.
 * :func:`operator_norm_penalty`: the hinge :math:`\sum_l \max(\sigma_{\max}(A(K_l)) - c_l, 0)` on
-  the exact operator norm of each layer's circular convolution on its input size.
-  Differentiable: the gradient of :math:`\sigma_{\max}` is :math:`\mathrm{Re}(u v^H)` mapped back
-  to the kernel through the (linear) Fourier transform, finite everywhere.
+  the exact operator norm of each layer's circular convolution on its input size
+  (:func:`convspectra.operator_norm`; or of the layer with its own padding). Differentiable:
+  the gradient of :math:`\sigma_{\max}` is :math:`\mathrm{Re}(u v^H)` mapped back to the kernel
+  through the (linear) Fourier transform, finite everywhere.
 
 Example:
     >>> import torch
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import ParameterError, ParameterTypeError
-from ..spectrum import frequency_spectrum
+from ..norm import operator_norm
 from .layers import CONV_TYPES, LayerKey, LayerSelection, ShapeLike, assign_input_shapes, conv_layers
 
 __all__ = ["l1_penalty", "operator_norm_penalty"]
@@ -87,13 +88,15 @@ def operator_norm_penalty(
     input_shapes: ShapeLike | Mapping[LayerKey, ShapeLike],
     *,
     layers: LayerSelection = None,
+    padding: str | int | tuple[int, ...] = "circular",
 ) -> torch.Tensor:
     r"""Hinge on the exact operator norms: :math:`\sum_l \max(\sigma_{\max}(A(K_l)) - c_l,\ 0)`.
 
     :math:`A(K_l)` is layer l's circular convolution on its input size (stride, dilation,
     groups and transposition from the module), :math:`\sigma_{\max}` its largest singular
-    value, computed exactly from the per-frequency transfer matrices. Gradients are finite: a
-    layer under its bound contributes 0; above it, the gradient of its :math:`\sigma_{\max}`.
+    value, computed exactly by :func:`convspectra.operator_norm` from the per-frequency
+    transfer matrices. Gradients are finite: a layer under its bound contributes 0; above it,
+    the gradient of its :math:`\sigma_{\max}`.
 
     Cost: every singular value of every selected layer, with an autograd graph, at each call
     (for a CIFAR ResNet-32 a sizeable fraction of a training step on a CPU); apply it every few
@@ -105,6 +108,9 @@ def operator_norm_penalty(
         input_shapes: one size for every layer, or a mapping by layer name or module (for
             instance :func:`~convspectra.nn.capture_input_shapes`'s result); every selected layer needs one.
         layers: as :func:`~convspectra.nn.conv_layers`.
+        padding: ``"circular"`` (default, the paper's operator) or ``"module"``: each layer's
+            own padding and ``padding_mode``, i.e. the norm of the layer as the network
+            computes it (iterative solver for zero padding; see :func:`convspectra.operator_norm`).
 
     Returns:
         A 0-d tensor (the weights' dtype, at least float32, on their device), differentiable.
@@ -127,11 +133,9 @@ def operator_norm_penalty(
     for layer in selected:
         if layer.input_shape is None:
             raise ParameterError(f"input_shapes: expected a size for every selected layer, got none for {layer.name!r}")
-        sigma = _sigma_max(layer.module.weight, layer.input_shape, layer.geometry())
+        if padding == "module":
+            sigma = operator_norm(layer.module, layer.input_shape, padding="module")
+        else:
+            sigma = operator_norm(layer.module.weight, layer.input_shape, padding=padding, **layer.geometry())
         terms.append(torch.clamp(sigma - layer.max_norm, min=0))
     return torch.stack(terms).sum()
-
-
-def _sigma_max(weight: torch.Tensor, input_shape: tuple[int, ...], geometry: dict[str, Any]) -> torch.Tensor:
-    """Largest singular value of the circular operator, differentiable in ``weight``."""
-    return frequency_spectrum(weight, input_shape, **geometry).max()

@@ -49,7 +49,7 @@ from torch import nn
 
 from .. import projection as _projection
 from ..errors import ConvSpectraError, ParameterError, ParameterTypeError
-from ..spectrum import frequency_spectrum
+from ..norm import operator_norm
 from .layers import ConvLayer, LayerKey, LayerSelection, ShapeLike, ShapeRecorder, assign_input_shapes, conv_layers
 
 __all__ = ["OperatorNormProjector", "project_layers"]
@@ -148,7 +148,7 @@ def _project_jobs(
         )
     if rescale:
         for index, (_, shape, bound, geometry) in enumerate(jobs):
-            sigma = float(frequency_spectrum(results[index], shape, **geometry).max())
+            sigma = float(operator_norm(results[index], shape, **geometry))
             if sigma > bound:
                 results[index] = results[index] * (bound / sigma)
     return results
