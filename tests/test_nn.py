@@ -487,12 +487,14 @@ def test_l1_penalty_is_the_sum_of_absolute_kernels_and_bounds_each_norm():
     expected = sum(float(m.weight.detach().abs().sum()) for m in model)
     assert abs(value.item() - expected) <= 1e-12 * expected
     for name, module in zip(SIZES, model, strict=True):
-        assert dense_norm(module, module.weight, SIZES[name]) <= float(module.weight.abs().sum())
+        bound = float(module.weight.detach().abs().sum())
+        assert dense_norm(module, module.weight, SIZES[name]) <= bound
+        assert bound == float(cs.bounds.l1_bound(module.weight.detach()))  # the library's Proposition 11 bound
     value.backward()
     for module in model:
         assert torch.equal(module.weight.grad, torch.sign(module.weight.detach()))
-    assert float(l1_penalty([model[0]])) == float(model[0].weight.abs().sum())
-    assert float(l1_penalty(model, layers=["1"])) == float(model[1].weight.abs().sum())
+    assert l1_penalty([model[0]]).item() == model[0].weight.detach().abs().sum().item()
+    assert l1_penalty(model, layers=["1"]).item() == model[1].weight.detach().abs().sum().item()
 
 
 def test_penalty_errors():
