@@ -338,8 +338,8 @@ def _clip_max(t: Any, high: Any) -> tuple[Any, Any]:
     everything = len(index) == len(t)
     if not everything:
         gram, high = gram[index], high[index]
-    # Gershgorin: lambda_max(G) <= max_i sum_j |G_ij|; prunes matrices well inside the ball
-    inside = np.abs(gram).sum(axis=2).max(axis=1) <= high**2
+    # Gershgorin: lambda_max(G) <= max_i sum_j |G_ij| <= max_i sum_j (|Re G_ij| + |Im G_ij|)
+    inside = np.abs(gram.view(np.float64)).sum(axis=2).max(axis=1) <= high**2
     if inside.any():
         keep = ~inside
         index, gram, high = index[keep], gram[keep], high[keep]
@@ -429,10 +429,14 @@ def _clip_band(t: Any, high: Any, low: Any) -> tuple[Any, Any]:
 
 def _extremes(geometry: _Geometry, t: Any, layers: int, band: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Per layer: largest singular value, and smallest (if ``band``), of the transfer matrices ``t``."""
-    if isinstance(t, np.ndarray):
-        values = np.linalg.svd(t, compute_uv=False)
-    else:
-        values = sys.modules["torch"].linalg.svdvals(t).cpu().numpy()
+    numpy = isinstance(t, np.ndarray)
+    if band:  # the SVD keeps the small singular values accurate
+        values = np.linalg.svd(t, compute_uv=False) if numpy else sys.modules["torch"].linalg.svdvals(t).cpu().numpy()
+    else:  # the largest only: eigenvalues of the smaller Gram matrix (relative accuracy ~eps)
+        tall = t.shape[1] > t.shape[2]
+        gram = (_mh(t) @ t if tall else t @ _mh(t)) if numpy else (t.mH @ t if tall else t @ t.mH)
+        lam = np.linalg.eigvalsh(gram) if numpy else sys.modules["torch"].linalg.eigvalsh(gram).cpu().numpy()
+        values = np.sqrt(np.maximum(lam[:, ::-1], 0.0))
     values = geometry.per_layer(values, layers)  # (B, layers, G, r)
     top = values[..., 0].max(axis=(0, 2))
     return top, (values[..., -1].min(axis=(0, 2)) if band else None)
