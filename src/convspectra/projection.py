@@ -53,6 +53,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import numbers
 import sys
@@ -63,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from ._parallel import _single_threaded_blas, resolve_workers, run_chunks
 from .errors import ParameterError, ParameterTypeError
 from .spec import LAYOUTS, ConvSpec, parse_layer
 from .transfer import FrequencyPlan
@@ -74,6 +76,9 @@ METHODS = ("alternating", "dykstra")
 
 #: Layers of one shape are processed together up to about this many bytes of transfer matrices.
 _BATCH_BYTES = 64 * 2**20
+
+#: Below this many multiply-adds (sum of p^2 q over the decompositions), the clip stays on one thread.
+_PARALLEL_MIN_WORK = 2 * 10**7
 
 
 @dataclass(frozen=True)
@@ -89,10 +94,12 @@ class ProjectionReport:
         iterations: rounds that changed the kernel (0: it already satisfied the constraint;
             alternating projections stop early at a round that changes nothing).
         support_residual: Frobenius norm (of the folded kernel) of what the last support
-            restriction removed: the part of the clipped kernel outside the kernel's support.
-            Exactly 0.0 when the support covers the whole input grid.
-        support_changed: whether that residual exceeds rounding (``64 * eps`` times the norm of
-            the clipped kernel); False when no round ran.
+            restriction removed: the part of the last clipped kernel outside the kernel's support
+            (small when the iterations have converged). Exactly 0.0 when the support covers
+            the whole input grid.
+        support_changed: whether any round's support restriction removed more than rounding
+            (``64 * eps`` times the norm of the clipped kernel); False when no round ran. After
+            one iteration, False means the result is the exact nearest operator.
         method: ``"alternating"`` or ``"dykstra"``.
         max_norm: the upper bound asked for.
         min_norm: the lower bound asked for, or ``None``.
@@ -176,6 +183,7 @@ class _Geometry:
         self.psi = np.ascontiguousarray((phases.conj() * self.row_weight[:, None]).T)  # (P, B * S)
         self.phi_parts = (np.ascontiguousarray(phases.real), np.ascontiguousarray(phases.imag))
         self.psi_parts = (np.ascontiguousarray(self.psi.real), np.ascontiguousarray(self.psi.imag))
+        self.psi_stacked = np.concatenate(self.psi_parts)  # (2P, B * S): [Re psi; Im psi]
         self._device_tables: dict[Any, tuple[Any, ...]] = {}
 
     def _phases(self, n: np.ndarray) -> np.ndarray:
@@ -234,7 +242,12 @@ class _Geometry:
         return self._device_tables[device]
 
     def forward(self, x: Any, layers: int) -> Any:
-        """Folded kernels ``(P, layers * columns)`` -> transfer matrices ``(layers * B * G, a, S * b)``."""
+        """Folded kernels ``(P, layers * columns)`` -> transfer matrices ``(B * layers * G, a, S * b)``.
+
+        The batch axis runs over (frequency, layer, group), so that without stride the result is
+        a view of one matrix product (no copy).
+        """
+        shape = (self.batch, self.aliases, layers, self.groups, self.rows, self.cols_per_alias)
         if isinstance(x, np.ndarray):
             if np.iscomplexobj(x):
                 z = self.phi @ x
@@ -242,40 +255,48 @@ class _Geometry:
                 z = np.empty((self.phi.shape[0], x.shape[1]), dtype=np.complex128)
                 z.real = self.phi_parts[0] @ x
                 z.imag = self.phi_parts[1] @ x
-            shape = (self.batch, self.aliases, layers, self.groups, self.rows, self.cols_per_alias)
-            z = z.reshape(shape).transpose(2, 0, 3, 4, 1, 5)
+            z = z.reshape(shape).transpose(0, 2, 3, 4, 1, 5)
         else:
             torch = sys.modules["torch"]
             phi, _psi, phr, phi_i = self.tables(x.device)[:4]
             z = phi @ x if x.is_complex() else torch.complex(phr @ x, phi_i @ x)
-            shape = (self.batch, self.aliases, layers, self.groups, self.rows, self.cols_per_alias)
-            z = z.reshape(shape).permute(2, 0, 3, 4, 1, 5)
-        return z.reshape(layers * self.batch * self.groups, self.rows, self.aliases * self.cols_per_alias)
+            z = z.reshape(shape).permute(0, 2, 3, 4, 1, 5)
+        return z.reshape(self.batch * layers * self.groups, self.rows, self.aliases * self.cols_per_alias)
 
     def inverse(self, t: Any, layers: int, real: bool) -> Any:
         """Transfer matrices -> the support's coefficients ``(P, layers * columns)`` (inverse DFT, restricted)."""
-        shape = (layers, self.batch, self.groups, self.rows, self.aliases, self.cols_per_alias)
+        shape = (self.batch, layers, self.groups, self.rows, self.aliases, self.cols_per_alias)
+        rows = self.batch * self.aliases
         if isinstance(t, np.ndarray):
-            z = t.reshape(shape).transpose(1, 4, 0, 2, 3, 5).reshape(self.batch * self.aliases, -1)
-            if real:
-                return self.psi_parts[0] @ z.real - self.psi_parts[1] @ z.imag
-            return self.psi @ z
+            z = np.ascontiguousarray(t.reshape(shape).transpose(0, 4, 1, 2, 3, 5)).reshape(rows, -1)
+            if not real:
+                return self.psi @ z
+            # Re(psi @ z) from one real product with z's interleaved (re, im) columns
+            both = self.psi_stacked @ z.view(np.float64)
+            support = self.support
+            return both[:support, 0::2] - both[support:, 1::2]
         tables = self.tables(t.device)
-        z = t.reshape(shape).permute(1, 4, 0, 2, 3, 5).reshape(self.batch * self.aliases, -1)
+        z = t.reshape(shape).permute(0, 4, 1, 2, 3, 5).reshape(rows, -1)
         if real:
             return tables[6] @ z.real.contiguous() - tables[7] @ z.imag.contiguous()
         return tables[1] @ z
 
-    def squared_norms(self, t: Any, layers: int) -> Any:
-        """Per layer: squared Frobenius norm of the folded kernel whose transfer matrices are ``t``."""
-        weight = self.row_weight.reshape(self.batch, self.aliases)[:, 0] * self.aliases  # w_b / M
-        per_matrix = (
-            (t.real**2 + t.imag**2).sum(axis=(1, 2)) if isinstance(t, np.ndarray) else t.abs().square().sum(dim=(1, 2))
-        )
-        per_matrix = per_matrix.reshape(layers, self.batch, self.groups).sum(-1)
-        if isinstance(per_matrix, np.ndarray):
-            return per_matrix @ weight
-        return per_matrix @ sys.modules["torch"].from_numpy(weight).to(per_matrix.device)
+    def per_layer(self, values: Any, layers: int) -> Any:
+        """(B * layers * G, ...) -> (B, layers, G, ...): split the batch axis."""
+        return values.reshape(self.batch, layers, self.groups, *values.shape[1:])
+
+    def squared_norms(self, t: Any, layers: int) -> np.ndarray:
+        """Per layer: squared Frobenius norm of the folded kernel whose transfer matrices are ``t``.
+
+        ``||K||^2 = (1/M) sum_g ||T(g)||_F^2`` (Parseval; M output frequencies), with the
+        conjugate partners of a real kernel counted through their multiplicity.
+        """
+        weight = self.row_weight.reshape(self.batch, self.aliases)[:, 0]  # w_b / M
+        if isinstance(t, np.ndarray):
+            per_matrix = (t.real**2 + t.imag**2).sum(axis=(1, 2))
+        else:
+            per_matrix = t.abs().square().sum(dim=(1, 2)).cpu().numpy()
+        return weight @ self.per_layer(per_matrix, layers).sum(axis=2)
 
 
 @lru_cache(maxsize=64)
@@ -289,46 +310,95 @@ def _geometry(spec: ConvSpec, real: bool, band: bool) -> _Geometry:
 
 
 def _mh(x: Any) -> Any:
-    return np.swapaxes(x.conj(), -1, -2) if isinstance(x, np.ndarray) else x.mH
+    """Conjugate transpose of a batch; contiguous for NumPy (a strided operand makes matmul 3x slower)."""
+    return np.ascontiguousarray(np.swapaxes(x, -1, -2).conj()) if isinstance(x, np.ndarray) else x.mH
 
 
 def _clip_max(t: Any, high: Any) -> tuple[Any, Any]:
     """Clip every matrix's singular values at ``high`` (per matrix). Returns (clipped, changed mask).
 
-    Frobenius prefilter (||T||_F <= c implies sigma_max <= c), then the Hermitian eigensolver on
-    the smaller Gram matrix of the candidates: T' = T - V diag(1 - min(1, c / sigma)) V^H T.
+    The Hermitian eigensolver on the smaller Gram matrix, ``G = T T^H = V diag(sigma^2) V^H``:
+    ``T' = T - V diag(1 - min(1, c / sigma)) V^H T`` (``T V ...`` for a tall ``T``). Matrices with
+    ``trace G = ||T||_F^2 <= c^2`` or a Gershgorin bound ``max_i sum_j |G_ij| <= c^2`` cannot
+    have ``sigma_max > c`` and are not decomposed; matrices that need no change are returned bit
+    for bit.
     """
-    numpy = isinstance(t, np.ndarray)
-    frob = (t.real**2 + t.imag**2).sum(axis=(1, 2)) if numpy else t.abs().square().sum(dim=(1, 2))
-    candidates = frob > high**2
-    index = np.flatnonzero(candidates) if numpy else candidates.nonzero().reshape(-1)
-    changed = np.zeros(len(t), dtype=bool) if numpy else candidates.new_zeros(len(t))
+    if not isinstance(t, np.ndarray):
+        return _clip_max_torch(t, high)
+    tall = t.shape[1] > t.shape[2]
+    # conj(G) from a contiguous conj and a transposed view (a conj-transposed copy costs more
+    # than the product); its eigenvectors are W = conj(V).
+    conj = t.conj()
+    gram = np.swapaxes(t, 1, 2) @ conj if tall else conj @ np.swapaxes(t, 1, 2)
+    trace = np.einsum("bii->b", gram).real
+    index = np.flatnonzero(trace > high**2)
+    changed = np.zeros(len(t), dtype=bool)
     if len(index) == 0:
         return t, changed
-    sub = t[index]
-    tall = sub.shape[1] > sub.shape[2]
-    gram = _mh(sub) @ sub if tall else sub @ _mh(sub)
-    if numpy:
-        lam, vec = np.linalg.eigh(gram)
-        cap = high[index][:, None]
-        sigma = np.sqrt(np.maximum(lam, 0.0))
-        shrink = np.where(sigma > cap, 1.0 - cap / np.where(sigma > 0, sigma, 1.0), 0.0)
-        hit = shrink.max(axis=1) > 0
-    else:
-        torch = sys.modules["torch"]
-        lam, vec = torch.linalg.eigh(gram)
-        cap = high[index][:, None]
-        sigma = lam.clamp_min(0.0).sqrt()
-        shrink = torch.where(sigma > cap, 1.0 - cap / torch.where(sigma > 0, sigma, torch.ones_like(sigma)), 0.0)
-        hit = shrink.amax(dim=1) > 0
+    everything = len(index) == len(t)
+    if not everything:
+        gram, high = gram[index], high[index]
+    # Gershgorin: lambda_max(G) <= max_i sum_j |G_ij| <= max_i sum_j (|Re G_ij| + |Im G_ij|)
+    inside = np.abs(gram.view(np.float64)).sum(axis=2).max(axis=1) <= high**2
+    if inside.any():
+        keep = ~inside
+        index, gram, high = index[keep], gram[keep], high[keep]
+        everything = False
+        if len(index) == 0:
+            return t, changed
+    lam, w = np.linalg.eigh(gram)
+    cap = high[:, None]
+    sigma = np.sqrt(np.maximum(lam, 0.0))
+    shrink = np.where(sigma > cap, 1.0 - cap / np.where(sigma > 0, sigma, 1.0), 0.0)
+    hit = shrink[:, -1] > 0  # eigenvalues ascending: the largest decides
+    if not hit.any():
+        return t, changed
+    if not hit.all():
+        index, w, shrink = index[hit], w[hit], shrink[hit]
+        everything = False
+    sub = t if everything else t[index]
+    # only the eigenvectors with sigma > c move anything: the last `top` columns (ascending order)
+    top = int((shrink > 0).sum(axis=1).max())
+    if top < shrink.shape[1]:
+        w, shrink = w[:, :, -top:], shrink[:, -top:]
+    if tall:  # T - (T V) diag(shrink) V^H,  V = conj(W), V^H = W^T
+        sub = sub - ((sub @ w.conj()) * shrink[:, None, :]) @ np.swapaxes(w, 1, 2)
+    else:  # T - V diag(shrink) (V^H T)
+        sub = sub - w.conj() @ ((np.swapaxes(w, 1, 2) @ sub) * shrink[:, :, None])
+    if everything:
+        changed[:] = True
+        return sub, changed
+    t = t.copy()
+    t[index] = sub
+    changed[index] = True
+    return t, changed
+
+
+def _clip_max_torch(t: Any, high: Any) -> tuple[Any, Any]:
+    """:func:`_clip_max` with torch operations (any device)."""
+    torch = sys.modules["torch"]
+    tall = t.shape[1] > t.shape[2]
+    gram = t.mH @ t if tall else t @ t.mH
+    trace = gram.diagonal(dim1=1, dim2=2).real.sum(dim=1)
+    candidates = trace > high**2
+    index = candidates.nonzero().reshape(-1)
+    changed = torch.zeros(len(t), dtype=torch.bool, device=t.device)
+    if len(index) == 0:
+        return t, changed
+    lam, vec = torch.linalg.eigh(gram[index])
+    cap = high[index][:, None]
+    sigma = lam.clamp_min(0.0).sqrt()
+    shrink = torch.where(sigma > cap, 1.0 - cap / torch.where(sigma > 0, sigma, torch.ones_like(sigma)), 0.0)
+    hit = shrink[:, -1] > 0
     if not bool(hit.any()):
         return t, changed
-    sub, vec, shrink = sub[hit], vec[hit], shrink[hit]
-    weights = shrink[:, None, :] if numpy else shrink[:, None, :].to(vec.dtype)
-    projector = (vec * weights) @ _mh(vec)
-    sub = sub - (sub @ projector if tall else projector @ sub)
-    index = index[hit]
-    t = t.copy() if numpy else t.clone()
+    index, vec, shrink = index[hit], vec[hit], shrink[hit].to(vec.dtype)
+    sub = t[index]
+    if tall:
+        sub = sub - ((sub @ vec) * shrink[:, None, :]) @ vec.mH
+    else:
+        sub = sub - vec @ ((vec.mH @ sub) * shrink[:, :, None])
+    t = t.clone()
     t[index] = sub
     changed[index] = True
     return t, changed
@@ -357,16 +427,19 @@ def _clip_band(t: Any, high: Any, low: Any) -> tuple[Any, Any]:
     return t, changed
 
 
-def _extremes(t: Any, layers: int, band: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _extremes(geometry: _Geometry, t: Any, layers: int, band: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Per layer: largest singular value, and smallest (if ``band``), of the transfer matrices ``t``."""
     numpy = isinstance(t, np.ndarray)
-    if numpy:
-        values = np.linalg.svd(t, compute_uv=False)
-    else:
-        values = sys.modules["torch"].linalg.svdvals(t).cpu().numpy()
-    values = values.reshape(layers, -1, values.shape[-1])
-    top = values[..., 0].max(axis=1)
-    return top, (values[..., -1].min(axis=1) if band else None)
+    if band:  # the SVD keeps the small singular values accurate
+        values = np.linalg.svd(t, compute_uv=False) if numpy else sys.modules["torch"].linalg.svdvals(t).cpu().numpy()
+    else:  # the largest only: eigenvalues of the smaller Gram matrix (relative accuracy ~eps)
+        tall = t.shape[1] > t.shape[2]
+        gram = (_mh(t) @ t if tall else t @ _mh(t)) if numpy else (t.mH @ t if tall else t @ t.mH)
+        lam = np.linalg.eigvalsh(gram) if numpy else sys.modules["torch"].linalg.eigvalsh(gram).cpu().numpy()
+        values = np.sqrt(np.maximum(lam[:, ::-1], 0.0))
+    values = geometry.per_layer(values, layers)  # (B, layers, G, r)
+    top = values[..., 0].max(axis=(0, 2))
+    return top, (values[..., -1].min(axis=(0, 2)) if band else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,6 +471,19 @@ def _check_bounds(max_norm: Any, min_norm: Any) -> tuple[float, float | None]:
     if low > high:
         raise ParameterError(f"min_norm: expected at most max_norm ({high!r}), got {min_norm!r}")
     return high, low
+
+
+@dataclass(frozen=True)
+class _Options:
+    method: str
+    iterations: int
+    workers: int
+    report: bool
+
+
+def _options(method: Any, iterations: Any, workers: Any, report: bool) -> _Options:
+    method, iterations = _check_method(method, iterations)
+    return _Options(method, iterations, resolve_workers(workers), report)
 
 
 def _check_method(method: Any, iterations: Any) -> tuple[str, int]:
@@ -503,7 +589,32 @@ def _unchanged(item: _Item) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _project_batch(items: list[_Item], method: str, iterations: int, want_report: bool) -> None:
+def _clip(t: Any, high: Any, low: Any, band: bool, workers: int) -> tuple[Any, Any]:
+    """The per-frequency clip of a batch, split over ``workers`` threads (NumPy, single-threaded BLAS)."""
+    if not isinstance(t, np.ndarray) or workers <= 1:
+        return _clip_band(t, high, low) if band else _clip_max(t, high)
+    p, q = t.shape[1:]
+    if len(t) * min(p, q) ** 2 * max(p, q) < _PARALLEL_MIN_WORK:
+        workers = 1
+    bounds = np.linspace(0, len(t), 2 * workers + 1 if workers > 1 else 2).astype(int)
+    ranges = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+    def part(index_range: tuple[int, int]) -> tuple[Any, Any]:
+        a, b = index_range
+        if band:
+            return _clip_band(t[a:b], high[a:b], low[a:b])
+        return _clip_max(t[a:b], high[a:b])
+
+    parts = run_chunks(part, ranges, workers)
+    if len(parts) == 1:
+        return parts[0]
+    if not any(changed.any() for _, changed in parts):
+        return t, np.zeros(len(t), dtype=bool)
+    return np.concatenate([clipped for clipped, _ in parts]), np.concatenate([changed for _, changed in parts])
+
+
+def _project_batch(items: list[_Item], options: _Options) -> None:
+    method, iterations, want_report = options.method, options.iterations, options.report
     first = items[0]
     band = first.low is not None
     geometry = _geometry(first.spec, first.real, band)
@@ -515,9 +626,9 @@ def _project_batch(items: list[_Item], method: str, iterations: int, want_report
         flat = sys.modules["torch"].cat([item.flat for item in items], dim=1)
     x0 = geometry.fold_kernel(flat)
     x = x0
-    per_layer = geometry.batch * geometry.groups
-    high = np.repeat(np.array([item.high for item in items]), per_layer)
-    low = np.repeat(np.array([item.low if item.low is not None else 0.0 for item in items]), per_layer)
+    # per matrix of the (frequency, layer, group) batch
+    high = np.tile(np.repeat([item.high for item in items], geometry.groups), geometry.batch)
+    low = np.tile(np.repeat([item.low or 0.0 for item in items], geometry.groups), geometry.batch)
     if not numpy:
         torch = sys.modules["torch"]
         high = torch.from_numpy(high).to(x.device)
@@ -527,19 +638,18 @@ def _project_batch(items: list[_Item], method: str, iterations: int, want_report
     correction = None  # Dykstra's increment for the clip set, in Fourier coordinates
     pending = np.zeros(layers, dtype=bool)  # layers whose Dykstra increment is non-zero
     residual = np.zeros(layers)
-    clipped_norm = np.zeros(layers)
+    support_changed = np.zeros(layers, dtype=bool)
     before = None
     t = geometry.forward(x, layers)
     if want_report:
-        before = _extremes(t, layers, band)
+        before = _extremes(geometry, t, layers, band)
     for _ in range(iterations):
+        if t is None:
+            t = geometry.forward(x, layers)
         t_in = t if correction is None else t + correction
-        t_clip, changed = _clip_band(t_in, high, low) if band else _clip_max(t_in, high)
-        layer_changed = np.asarray(
-            changed.reshape(layers, per_layer).any(axis=1)
-            if numpy
-            else changed.reshape(layers, per_layer).any(dim=1).cpu()
-        )
+        t_clip, changed = _clip(t_in, high, low, band, options.workers if numpy else 1)
+        changed = changed if numpy else changed.cpu().numpy()
+        layer_changed = geometry.per_layer(changed, layers).any(axis=(0, 2))
         active = layer_changed | pending
         if not active.any():
             break
@@ -556,17 +666,19 @@ def _project_batch(items: list[_Item], method: str, iterations: int, want_report
                 x_new[:, keep_t] = x[:, keep_t]
         used += active
         x = x_new
-        t = geometry.forward(x, layers)
+        t = None
         if want_report:
+            t = geometry.forward(x, layers)
             if geometry.full_support:
                 residual[:] = 0.0
             else:
-                diff = geometry.squared_norms(t_clip - t, layers)
-                residual = np.sqrt(np.maximum(np.asarray(diff if numpy else diff.cpu()), 0.0)) * active
-            norms = geometry.squared_norms(t_clip, layers)
-            clipped_norm = np.sqrt(np.asarray(norms if numpy else norms.cpu()))
+                residual = np.sqrt(geometry.squared_norms(t_clip - t, layers)) * active
+            clipped_norm = np.sqrt(geometry.squared_norms(t_clip, layers))
+            support_changed |= residual > 64 * np.finfo(np.float64).eps * np.maximum(clipped_norm, 1e-300)
     result = geometry.lift(flat, x0, x)
-    after = _extremes(t, layers, band) if want_report else None
+    after = None
+    if want_report:
+        after = _extremes(geometry, geometry.forward(x, layers) if t is None else t, layers, band)
     for index, item in enumerate(items):
         if used[index] == 0:
             item.result = _unchanged(item)
@@ -582,7 +694,6 @@ def _project_batch(items: list[_Item], method: str, iterations: int, want_report
                 a = np.asarray(original.detach().cpu().numpy() if _is_torch(original) else original)
                 b = np.asarray(item.result.detach().cpu().numpy() if _is_torch(item.result) else item.result)
                 distance = float(np.linalg.norm((b.astype(np.complex128) - a.astype(np.complex128)).ravel()))
-            eps = np.finfo(np.float64).eps
             item.report = ProjectionReport(
                 sigma_max_before=float(before[0][index]),
                 sigma_max_after=float(after[0][index]),
@@ -591,15 +702,27 @@ def _project_batch(items: list[_Item], method: str, iterations: int, want_report
                 distance=distance,
                 iterations=int(used[index]),
                 support_residual=float(residual[index]),
-                support_changed=bool(residual[index] > 64 * eps * max(clipped_norm[index], 1e-300)),
+                support_changed=bool(support_changed[index]),
                 method=method,
                 max_norm=item.high,
                 min_norm=item.low,
             )
 
 
-def _run(items: list[_Item], method: str, iterations: int, want_report: bool) -> None:
+def _run(items: list[_Item], options: _Options) -> None:
     """Group the items by shape (and kind) and project each group in memory-bounded batches."""
+    torch = sys.modules.get("torch")
+    # Small batched LAPACK calls gain nothing from BLAS threads and lose a lot when the cores are
+    # busy (measured: 10x slower eigh with OpenBLAS's two threads on a loaded 2-core machine).
+    with _single_threaded_blas():
+        if torch is not None:
+            with torch.no_grad():
+                _run_groups(items, options)
+        else:
+            _run_groups(items, options)
+
+
+def _run_groups(items: list[_Item], options: _Options) -> None:
     groups: dict[Any, list[_Item]] = {}
     for item in items:
         device = "numpy" if isinstance(item.flat, np.ndarray) else str(item.flat.device)
@@ -610,7 +733,7 @@ def _run(items: list[_Item], method: str, iterations: int, want_report: bool) ->
         per_layer = 16 * geometry.batch * geometry.aliases * max(geometry.columns, geometry.support)
         chunk = max(1, _BATCH_BYTES // max(per_layer, 1))
         for start in range(0, len(members), chunk):
-            _project_batch(members[start : start + chunk], method, iterations, want_report)
+            _project_batch(members[start : start + chunk], options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -630,18 +753,14 @@ def _project(
     dilation: Any,
     groups: Any,
     transposed: Any,
+    workers: int | None,
     want_report: bool,
     force_torch: bool = False,
 ) -> _Item:
     high, low = _check_bounds(max_norm, min_norm)
-    method, iterations = _check_method(method, iterations)
+    options = _options(method, iterations, workers, want_report)
     item = _prepare(kernel, input_shape, high, low, layout, stride, dilation, groups, transposed, force_torch)
-    torch = sys.modules.get("torch")
-    if torch is not None and not isinstance(item.flat, np.ndarray):
-        with torch.no_grad():
-            _run([item], method, iterations, want_report)
-    else:
-        _run([item], method, iterations, want_report)
+    _run([item], options)
     return item
 
 
@@ -658,6 +777,7 @@ def clip_operator_norm(
     dilation: int | Sequence[int] | None = None,
     groups: int | None = None,
     transposed: bool | None = None,
+    workers: int | None = None,
 ) -> Any:
     r"""Project a convolution kernel towards ``{K : ||A(K)||_2 <= max_norm}`` with its own support.
 
@@ -688,6 +808,8 @@ def clip_operator_norm(
         iterations: number of rounds (clip + support restriction), at least 1.
         method: ``"alternating"`` or ``"dykstra"``.
         layout, stride, dilation, groups, transposed: as in :func:`convspectra.singular_values`.
+        workers: threads for the NumPy path (default: every core when ``threadpoolctl`` is
+            installed, else 1); BLAS runs single-threaded inside them.
 
     Returns:
         The projected kernel, same shape and layout; NumPy for NumPy input, a torch tensor on the
@@ -716,7 +838,19 @@ def clip_operator_norm(
         H. Sedghi, V. Gupta, P. M. Long. The Singular Values of Convolutional Layers. ICLR 2019.
     """
     item = _project(
-        kernel, input_shape, max_norm, min_norm, iterations, method, layout, stride, dilation, groups, transposed, False
+        kernel,
+        input_shape,
+        max_norm,
+        min_norm,
+        iterations,
+        method,
+        layout,
+        stride,
+        dilation,
+        groups,
+        transposed,
+        workers,
+        False,
     )
     return item.result
 
@@ -734,6 +868,7 @@ def clip_operator_norm_report(
     dilation: int | Sequence[int] | None = None,
     groups: int | None = None,
     transposed: bool | None = None,
+    workers: int | None = None,
 ) -> tuple[Any, ProjectionReport]:
     """:func:`clip_operator_norm` plus diagnostics: ``(kernel, ProjectionReport)``.
 
@@ -749,7 +884,19 @@ def clip_operator_norm_report(
         False
     """
     item = _project(
-        kernel, input_shape, max_norm, min_norm, iterations, method, layout, stride, dilation, groups, transposed, True
+        kernel,
+        input_shape,
+        max_norm,
+        min_norm,
+        iterations,
+        method,
+        layout,
+        stride,
+        dilation,
+        groups,
+        transposed,
+        workers,
+        True,
     )
     assert item.report is not None
     return item.result, item.report
@@ -777,6 +924,7 @@ def clip_operator_norm_many(
     dilation: Any = None,
     groups: Any = None,
     transposed: Any = None,
+    workers: int | None = None,
 ) -> list[Any]:
     """:func:`clip_operator_norm` of many kernels at once; layers of equal shape are batched.
 
@@ -789,7 +937,7 @@ def clip_operator_norm_many(
         input_shapes: one input size per kernel (a list), or one int for all.
         max_norm: one bound for all, or a list with one bound per kernel.
         min_norm: None, one lower bound for all, or a list (entries may be None).
-        iterations, method: as :func:`clip_operator_norm` (shared).
+        iterations, method, workers: as :func:`clip_operator_norm` (shared).
         layout, stride, dilation, groups, transposed: one value for all kernels, or a ``list``
             with one value per kernel (a tuple is always a per-axis value).
 
@@ -808,7 +956,7 @@ def clip_operator_norm_many(
     if isinstance(kernels, (str, bytes)) or not isinstance(kernels, Sequence):
         raise ParameterTypeError(f"kernels: expected a list of kernels, got {type(kernels).__name__}")
     count = len(kernels)
-    method, iterations = _check_method(method, iterations)
+    options = _options(method, iterations, workers, False)
     if isinstance(input_shapes, numbers.Integral) and not isinstance(input_shapes, bool):
         shapes: list[Any] = [input_shapes] * count
     elif isinstance(input_shapes, Sequence) and not isinstance(input_shapes, (str, bytes)):
@@ -825,7 +973,7 @@ def clip_operator_norm_many(
     lows = list(min_norm) if isinstance(min_norm, Sequence) else [min_norm] * count
     if len(lows) != count:
         raise ParameterError(f"min_norm: expected one bound per kernel ({count}) or one number, got {len(lows)}")
-    options = {
+    per_kernel = {
         name: _per_kernel(name, value, count)
         for name, value in (
             ("layout", layout),
@@ -844,17 +992,12 @@ def clip_operator_norm_many(
                 shapes[index],
                 high,
                 low,
-                options["layout"][index],
-                options["stride"][index],
-                options["dilation"][index],
-                options["groups"][index],
-                options["transposed"][index],
+                per_kernel["layout"][index],
+                per_kernel["stride"][index],
+                per_kernel["dilation"][index],
+                per_kernel["groups"][index],
+                per_kernel["transposed"][index],
             )
         )
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        with torch.no_grad():
-            _run(items, method, iterations, False)
-    else:
-        _run(items, method, iterations, False)
+    _run(items, options)
     return [item.result for item in items]
