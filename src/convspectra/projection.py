@@ -205,8 +205,9 @@ class _Geometry:
         """(taps, C) -> (P, C): colliding taps summed."""
         if not self.collides:
             return flat
-        fold = self.fold if isinstance(flat, np.ndarray) else self.tables(flat.device)[4]
-        return fold.astype(flat.dtype) @ flat if isinstance(flat, np.ndarray) else fold.to(flat.dtype) @ flat
+        if isinstance(flat, np.ndarray):
+            return self.fold.astype(flat.dtype) @ flat
+        return self.tables(flat.device)[4].to(flat.dtype) @ flat
 
     def lift(self, flat: Any, folded_before: Any, folded_after: Any) -> Any:
         """(P, C) -> (taps, C): the smallest change of the taps with the given folded change."""
@@ -542,6 +543,7 @@ def _prepare(
     shape = tuple(weight.shape)  # forward weight (O, I/G, k...)
     taps = math.prod(spec.kernel_size)
     if _is_torch(weight):
+        torch = sys.modules["torch"]
         real = not bool(weight.is_complex())
         on_cpu = weight.device.type == "cpu" and not force_torch
         target_dtype = source.dtype if (source.dtype.is_floating_point or source.dtype.is_complex) else torch.float64
@@ -729,7 +731,8 @@ def _run_groups(items: list[_Item], options: _Options) -> None:
         device = "numpy" if isinstance(item.flat, np.ndarray) else str(item.flat.device)
         key = (item.spec, item.real, item.low is not None, device)
         groups.setdefault(key, []).append(item)
-    numpy_batches, device_batches = [], []
+    numpy_batches: list[list[_Item]] = []
+    device_batches: list[list[_Item]] = []
     for (spec, real, band, device), members in groups.items():
         geometry = _geometry(spec, real, band)
         per_layer = 16 * geometry.batch * geometry.aliases * max(geometry.columns, geometry.support)
