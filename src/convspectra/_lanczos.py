@@ -57,6 +57,7 @@ def largest_singular_value(
     q /= norm
     iterations, residual = 0, np.inf
     converged = False
+    basis = max(1, min(basis, q.size))
     with _single_threaded_blas():  # vector operations on one core: BLAS threads only contend
         while True:
             vectors = np.zeros((basis + 1, q.size), dtype=q.dtype)  # rows: the Lanczos vectors
@@ -74,14 +75,15 @@ def largest_singular_value(
                 if beta < 0.7 * before:  # cancellation: once more ("twice is enough", Kahan)
                     w = w - (vectors[: j + 1].conj() @ w) @ vectors[: j + 1]
                     beta = float(np.linalg.norm(w))
-                last = beta <= 1e-300 or iterations >= max_iter or j == basis - 1
+                invariant = beta <= 1e-13 * max(abs(alphas[j]), np.finfo(float).tiny)  # the Krylov space is exhausted
+                last = invariant or iterations >= max_iter or j == basis - 1
                 if last or j % 4 == 3:  # the Ritz values every few steps (an eigensolve of j x j)
                     tri = np.diag(alphas[: j + 1]) + np.diag(betas[:j], 1) + np.diag(betas[:j], -1)
                     values, vecs = np.linalg.eigh(tri)
                     theta = float(values[-1])
                     residual = beta * abs(vecs[-1, -1]) / max(theta, np.finfo(float).tiny)
                     ritz = vecs[:, -1] @ vectors[: j + 1]
-                    if residual <= rtol or beta <= 1e-300:
+                    if residual <= rtol or invariant:
                         converged = True
                         break
                     if iterations >= max_iter:

@@ -61,6 +61,8 @@ class CircularMaximum:
 
 #: Gram-iteration steps tried before the eigensolver when a floor is given.
 _GRAM_STEPS = 3
+#: Boxes wider than this (grid steps from the centre) get only the cheap first-order bound.
+_LOCAL_RADIUS = 3
 
 
 def _squared_norms(matrices: np.ndarray) -> np.ndarray:
@@ -141,7 +143,8 @@ def sigma_max_at(
 
     if not chunks:
         return np.zeros(0)
-    return np.concatenate(run_chunks(one, chunks, workers if len(freqs) > 64 else 1))
+    work = len(freqs) * groups * min(rows, cols) ** 2 * max(rows, cols)  # multiply-adds, roughly
+    return np.concatenate(run_chunks(one, chunks, workers if work > 2 * 10**7 else 1))
 
 
 def _gram_bound(matrices: np.ndarray) -> np.ndarray:
@@ -321,6 +324,10 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
     taps = np.stack(np.unravel_index(np.arange(math.prod(plan.spec.kernel_size)), plan.spec.kernel_size), axis=1)
     slopes = weights * np.sign(taps - (np.asarray(plan.spec.kernel_size) - 1) / 2)  # signed, (taps, d)
 
+    def lipschitz(radius: np.ndarray) -> np.ndarray:
+        """First-order bound on the increase of sigma_max over boxes of half-widths ``radius``."""
+        return (tap_norms[None, :] * np.minimum(2.0, radius @ weights.T)).sum(axis=1)
+
     def box_bound(centres: _Centres, radius: np.ndarray) -> np.ndarray:
         """Upper bound on sigma_max over each box: the better of the first-order (Lipschitz)
         bound and the second-order one around the centre (see :class:`_Centres`)."""
@@ -340,15 +347,40 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
     while len(lo):
         centre = (lo + hi - 1) // 2
         radius = np.maximum(centre - lo, hi - 1 - centre)
-        centres = centre_values(plan, flat, centre, slopes)
         evaluated += len(centre)
+        splittable = np.prod(hi - lo, axis=1) > 1
+        if radius.max() > _LOCAL_RADIUS:  # large boxes: the first-order bound first, cheaply
+            values = sigma_max_at(plan, flat, centre, workers)
+            consider(centre, values)
+            keep = (values + lipschitz(radius) > best) & splittable
+            lo, hi, centre, radius = lo[keep], hi[keep], centre[keep], radius[keep]
+            flat_spectrum = np.median(values) > 0.9 * best and np.prod(hi - lo, axis=1).sum() > 0.9 * domain
+            if flat_spectrum:  # typical frequencies are within 10% of the top: nothing will prune
+                freqs, _ = plan.representatives(0, plan.size)
+                consider(freqs, sigma_max_at(plan, flat, freqs, workers, floor=best))
+                evaluated += len(freqs)
+                break
+            local = radius.max(axis=1) <= _LOCAL_RADIUS
+            if not local.any():
+                if not len(lo):
+                    break
+                lo, hi = _halve(lo, hi)
+                rounds += 1
+                continue
+            lo = np.concatenate([lo[local], lo[~local]])
+            hi = np.concatenate([hi[local], hi[~local]])
+            far_lo, far_hi = lo[local.sum() :], hi[local.sum() :]
+            lo, hi, centre, radius = lo[: local.sum()], hi[: local.sum()], centre[local], radius[local]
+        else:
+            far_lo, far_hi = lo[:0], hi[:0]
+        centres = centre_values(plan, flat, centre, slopes)
         consider(centre, centres.value)
         alive = (box_bound(centres, radius) > best) & (np.prod(hi - lo, axis=1) > 1)
         lo, hi, centres = lo[alive], hi[alive], centres.select(alive)
-        if not len(lo):
+        if not len(lo) and not len(far_lo):
             break
         rounds += 1
-        remaining = np.prod(hi - lo, axis=1).sum()
+        remaining = np.prod(hi - lo, axis=1).sum() + np.prod(far_hi - far_lo, axis=1).sum()
         if remaining > (0.9 if rounds == 1 else 0.8) * domain:  # a flat spectrum: nothing prunes
             freqs, _ = plan.representatives(0, plan.size)
             consider(freqs, sigma_max_at(plan, flat, freqs, workers, floor=best))
@@ -365,7 +397,7 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
             evaluated += len(points)
             consider(points, point_values)
             lo, hi = lo[~hopeless], hi[~hopeless]
-        lo, hi = _halve(lo, hi)
+        lo, hi = _halve(np.concatenate([lo, far_lo]), np.concatenate([hi, far_hi]))
     return CircularMaximum(best, np.asarray(best_freq, dtype=np.int64), evaluated, total)
 
 

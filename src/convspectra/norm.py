@@ -290,7 +290,7 @@ def _solve(
             lower = float(np.linalg.norm(op.matvec(vector)) / np.linalg.norm(vector))
         return _Solution(
             found.value,
-            min(lower, found.value) * (1 - allowance),
+            max(0.0, min(lower, found.value) - allowance * found.value),
             found.value * (1 + allowance),
             True,
             f"exact: branch and bound over {found.total} frequencies, {found.evaluated} evaluated",
@@ -354,8 +354,8 @@ def _solve(
         max_iter=max_iter,
         basis=basis,
     )
-    lower = result.value * (1 - allowance)
     upper = max(upper * (1 + allowance), result.value * (1 + allowance))
+    lower = max(0.0, result.value - allowance * upper)
     method = f"Lanczos ({result.iterations} products with A^H A) between the Rayleigh quotient and the {where}"
     if not result.converged:
         warnings.warn(

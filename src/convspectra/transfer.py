@@ -159,12 +159,14 @@ class FrequencyPlan:
         grid = np.asarray(self.grid, dtype=np.int64)
         n = np.asarray(self.input_grid, dtype=np.int64)
         f = freqs[:, None, :] + aliases[None, :, :] * grid  # (B, S, d)
-        turns = np.zeros((f.shape[0], f.shape[1], taps.shape[0]))
-        for axis in range(spec.ndim):  # exact integer reduction, then one fraction per axis
+        phases = np.full((f.shape[0], f.shape[1], taps.shape[0]), 1 / math.sqrt(self.aliases), dtype=np.complex128)
+        for axis in range(spec.ndim):  # exact integer reduction, then a lookup of the n-th roots of unity
+            if spec.kernel_size[axis] == 1:
+                continue  # a single tap at offset 0: phase 1
             step = (f[..., axis, None] * (spec.dilation[axis] * taps[:, axis])) % n[axis]
-            turns += step / n[axis]
-        angle = (2 * np.pi) * np.mod(turns, 1.0).reshape(-1, taps.shape[0])
-        return np.exp(1j * angle) / math.sqrt(self.aliases)
+            roots = np.exp((2j * np.pi / n[axis]) * np.arange(n[axis]))
+            phases *= roots[step]
+        return phases.reshape(-1, taps.shape[0])
 
     def _block_layout(self, matrices: Any, batch: int, torch_mode: bool) -> Any:
         """(B*S, G*a*b0) -> (B*G, a, S*b0): gather the aliased frequencies into columns."""
