@@ -62,7 +62,7 @@ class CircularMaximum:
 #: Gram-iteration steps tried before the eigensolver when a floor is given.
 _GRAM_STEPS = 3
 #: Boxes wider than this (grid steps from the centre) get only the cheap first-order bound.
-_LOCAL_RADIUS = 3
+_LOCAL_RADIUS = 16
 
 
 def _squared_norms(matrices: np.ndarray) -> np.ndarray:
