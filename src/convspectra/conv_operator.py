@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -123,7 +124,8 @@ class ConvOperator:
         spread = np.zeros((*weight.shape[:2], *grid), dtype=weight.dtype)
         flat_w = weight.reshape(*weight.shape[:2], -1)
         for index, pos in enumerate(positions):
-            spread[(slice(None), slice(None), *pos)] += flat_w[..., index]
+            where = (slice(None), slice(None), *pos)
+            spread[where] += flat_w[..., index]
         axes = tuple(range(2, 2 + d))
         if real:
             hat = np.conj(np.fft.rfftn(spread, axes=axes))
@@ -181,18 +183,27 @@ class ConvOperator:
         """``A x`` for ``x`` of shape ``(in_channels, *input_shape)`` (or flat)."""
         x = np.asarray(x).reshape(self.in_channels, *self.input_shape)
         padded = np.zeros((self.in_channels, *self.grid), dtype=np.result_type(x, self.weight))
-        padded[(slice(None), *(slice(o, o + n) for o, n in zip(self.offset, self.input_shape, strict=True)))] = x
+        padded[self._input_window()] = x
         full = self._inverse_fft(self._multiply(self._forward_fft(padded), adjoint=False))
-        return full[(slice(None), *np.ix_(*self._samples()))]
+        return full[self._output_samples()]
 
     def rmatvec(self, y: np.ndarray) -> np.ndarray:
         """``A^H y`` for ``y`` of shape ``(out_channels, *output_shape)`` (or flat)."""
         y = np.asarray(y).reshape(self.out_channels, *self.output_shape)
         full = np.zeros((self.out_channels, *self.grid), dtype=np.result_type(y, self.weight))
-        samples = self._samples()
-        if all(len(np.unique(axis)) == len(axis) for axis in samples):
-            full[(slice(None), *np.ix_(*samples))] = y
+        if all(len(np.unique(axis)) == len(axis) for axis in self._samples()):
+            full[self._output_samples()] = y
         else:  # circular padding wider than the input: an input position feeds several outputs
-            np.add.at(full, (slice(None), *np.ix_(*samples)), y)
+            np.add.at(full, self._output_samples(), y)
         back = self._inverse_fft(self._multiply(self._forward_fft(full), adjoint=True))
-        return back[(slice(None), *(slice(o, o + n) for o, n in zip(self.offset, self.input_shape, strict=True)))]
+        return back[self._input_window()]
+
+    def _input_window(self) -> tuple[slice, ...]:
+        """Index of the input inside the FFT grid (channels first)."""
+        window = (slice(None), *(slice(o, o + n) for o, n in zip(self.offset, self.input_shape, strict=True)))
+        return window
+
+    def _output_samples(self) -> tuple[Any, ...]:
+        """Index of the outputs among the stride-1 correlation's values (channels first)."""
+        samples = (slice(None), *np.ix_(*self._samples()))
+        return samples

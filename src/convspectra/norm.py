@@ -324,7 +324,8 @@ def _solve(
         upper, where = found.value, f"circular norm on the enlarged {'x'.join(map(str, grid))} grid"
         start_full = top_singular_vector(plan, flat, found.frequency)
         crop = tuple(slice(pl, pl + n) for (pl, _), n in zip(layer.padding, layer.input_shape, strict=True))
-        start = start_full[(slice(None), *crop)]
+        window = (slice(None), *crop)
+        start = start_full[window]
     else:  # circular padding whose outputs do not tile the input: rows of the stride-1 layer, repeated
         plan, flat = _circular_plan(weight, layer.input_shape, spec_stride_one(spec))
         found = circular_maximum(plan, flat, workers)

@@ -10,7 +10,7 @@ from . import positive_int, writable_file
 __all__ = ["register"]
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction) -> None:
     """Add the ``demo`` subcommand."""
     demo = commands.add_parser(
         "demo",
