@@ -63,6 +63,8 @@ class CircularMaximum:
 _GRAM_STEPS = 3
 #: Boxes wider than this (grid steps from the centre) get only the cheap first-order bound.
 _LOCAL_RADIUS = 16
+#: Boxes of at most this many frequencies are computed directly (with the cheap filters).
+_DIRECT_BOX = 16
 
 
 def _squared_norms(matrices: np.ndarray) -> np.ndarray:
@@ -93,7 +95,7 @@ def _sigma_max(matrices: np.ndarray, floor: float = -np.inf) -> np.ndarray:
     todo = np.flatnonzero(frobenius > floor)
     if not len(todo):
         return result
-    if np.isfinite(floor):
+    if np.isfinite(floor) and len(todo) < 0.9 * len(matrices):  # the Frobenius norm pruned: a peaked spectrum
         part = matrices[todo]
         herm = np.ascontiguousarray(np.swapaxes(part, 1, 2).conj())
         gram = part @ herm if p <= q else herm @ part
@@ -107,7 +109,7 @@ def _sigma_max(matrices: np.ndarray, floor: float = -np.inf) -> np.ndarray:
             bound_log = log_scale / (2 * power)  # log of the bound on sigma
             result[todo[keep_idx]] = np.minimum(result[todo[keep_idx]], np.exp(bound_log))
             alive = bound_log > log_floor
-            if alive.mean() > 0.5:  # this step settled too few: more steps would not pay for themselves
+            if alive.mean() > 0.9:  # this step settled too few: more steps would not pay for themselves
                 keep_idx = keep_idx[alive]
                 break
             if not alive.all():
@@ -345,6 +347,14 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
     hi = np.stack(np.meshgrid(*[e[1:] for e in edges], indexing="ij"), axis=-1).reshape(-1, ndim)
     domain, rounds = int(np.prod(high)), 0
     while len(lo):
+        tiny = np.prod(hi - lo, axis=1) <= _DIRECT_BOX  # a centre's bounds cost more than these frequencies
+        if tiny.any():
+            points = _box_points(lo[tiny], hi[tiny])
+            consider(points, sigma_max_at(plan, flat, points, workers, floor=best))
+            evaluated += len(points)
+            lo, hi = lo[~tiny], hi[~tiny]
+            if not len(lo):
+                break
         centre = (lo + hi - 1) // 2
         radius = np.maximum(centre - lo, hi - 1 - centre)
         evaluated += len(centre)
