@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,8 +27,9 @@ from typing import Any
 import numpy as np
 
 import convspectra as cs
-from convspectra._parallel import available_cores, resolve_workers
+from convspectra._parallel import resolve_workers
 from convspectra.baselines import paper_singular_values
+from convspectra.experiments.training import machine_description
 
 RESNET50_3X3 = [(64, 56)] * 3 + [(128, 28)] * 4 + [(256, 14)] * 6 + [(512, 7)] * 3
 QUICK_3X3 = [(16, 16)] * 2 + [(32, 8)] * 2
@@ -44,39 +44,8 @@ QUICK_1X1 = [(16, 32, 16, 1, 2), (32, 16, 8, 2, 1)]
 
 
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": available_cores(),
-        "workers": resolve_workers(None),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "convspectra": cs.__version__,
-    }
-    try:
-        import threadpoolctl
-
-        info["blas"] = sorted({f"{p['internal_api']} {p['version']}" for p in threadpoolctl.threadpool_info()})
-    except ImportError:
-        info["blas"] = "unknown (threadpoolctl not installed)"
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        info["torch"] = None
-        info["gpu"] = None
-    return info
+    """What the numbers were measured on (CPU, cores, BLAS, versions, GPU, load) and the worker count."""
+    return {**machine_description(), "workers": resolve_workers(None)}
 
 
 def timed(function: Callable[..., Any], *args: Any) -> tuple[Any, float]:

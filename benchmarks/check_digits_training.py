@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import convspectra as cs
+from convspectra.demo import _load_digits, _model
 from convspectra.nn import OperatorNormProjector
 
 RESULTS = Path(__file__).resolve().parent / "results" / "digits_training.json"
@@ -47,23 +48,13 @@ ARMS: dict[str, dict[str, Any] | None] = {
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    digits = sklearn_digits()
-    return (digits.images / 16.0).astype(np.float32)[:, None], digits.target.astype(np.int64)
+    """scikit-learn's digits as the demo reads them: (1797, 1, 8, 8) float32 in [0, 1], labels."""
+    return _load_digits()
 
 
 def make_model() -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1, padding_mode="circular"),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1, padding_mode="circular"),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, padding_mode="circular"),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(32 * 4 * 4, 10),
-    )
+    """The demo's small circular-padded CNN (three 3x3 convs, one strided, and a linear layer)."""
+    return _model(torch)
 
 
 def exact_norms(model: nn.Module, sizes: dict[str, tuple[int, ...]]) -> dict[str, float]:

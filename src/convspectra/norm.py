@@ -327,7 +327,7 @@ def _solve(
         window = (slice(None), *crop)
         start = start_full[window]
     else:  # circular padding whose outputs do not tile the input: rows of the stride-1 layer, repeated
-        plan, flat = _circular_plan(weight, layer.input_shape, spec_stride_one(spec))
+        plan, flat = _circular_plan(weight, layer.input_shape, _stride_one(spec))
         found = circular_maximum(plan, flat, workers)
         repeats = math.prod(
             -(-m * s // n) if m * s > n else 1
@@ -369,7 +369,7 @@ def _solve(
     return _Solution(result.value, lower, upper, result.converged, method, None, None, result.vector, op)
 
 
-def spec_stride_one(spec: ConvSpec) -> ConvSpec:
+def _stride_one(spec: ConvSpec) -> ConvSpec:
     """The same layer without stride (on the same input grid)."""
     return ConvSpec(
         ndim=spec.ndim,
@@ -410,6 +410,37 @@ def _torch_value(layer: _Layer, solution: _Solution) -> Any:
     conv = getattr(torch.nn.functional, f"conv{spec.ndim}d")
     y = conv(x, weight, stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
     return torch.linalg.vector_norm(y)
+
+
+def _compute(
+    kernel: Any,
+    input_shape: Any,
+    padding: Any,
+    layout: str,
+    stride: Any,
+    dilation: Any,
+    groups: Any,
+    transposed: Any,
+    rtol: float | None,
+    max_iter: int | None,
+    workers: int | None,
+    max_memory: int | None,
+    *,
+    want_bracket: bool,
+) -> tuple[_Layer, _Solution]:
+    """Validate the request and solve it: what :func:`operator_norm` and :func:`operator_norm_bounds` share."""
+    rtol_f, max_iter_i = _check_rtol(rtol, max_iter)
+    layer = _resolve(kernel, input_shape, padding, layout, stride, dilation, groups, transposed)
+    budget = _DEFAULT_BUDGET if max_memory is None else max_memory
+    solution = _solve(
+        layer,
+        rtol=rtol_f,
+        max_iter=max_iter_i,
+        workers=resolve_workers(workers),
+        max_memory=budget,
+        want_bracket=want_bracket,
+    )
+    return layer, solution
 
 
 def operator_norm(
@@ -469,11 +500,20 @@ def operator_norm(
         >>> bool(cs.operator_norm(kernel, (32, 32), padding=1) < exact)
         True
     """
-    rtol_f, max_iter_i = _check_rtol(rtol, max_iter)
-    layer = _resolve(kernel, input_shape, padding, layout, stride, dilation, groups, transposed)
-    budget = _DEFAULT_BUDGET if max_memory is None else max_memory
-    solution = _solve(
-        layer, rtol=rtol_f, max_iter=max_iter_i, workers=resolve_workers(workers), max_memory=budget, want_bracket=False
+    layer, solution = _compute(
+        kernel,
+        input_shape,
+        padding,
+        layout,
+        stride,
+        dilation,
+        groups,
+        transposed,
+        rtol,
+        max_iter,
+        workers,
+        max_memory,
+        want_bracket=False,
     )
     if _is_torch(layer.weight):
         torch = sys.modules["torch"]
@@ -517,11 +557,20 @@ def operator_norm_bounds(
         >>> round(b.lower, 9), round(b.upper, 9), b.converged
         (4.0, 4.0, True)
     """
-    rtol_f, max_iter_i = _check_rtol(rtol, max_iter)
-    layer = _resolve(kernel, input_shape, padding, layout, stride, dilation, groups, transposed)
-    budget = _DEFAULT_BUDGET if max_memory is None else max_memory
-    solution = _solve(
-        layer, rtol=rtol_f, max_iter=max_iter_i, workers=resolve_workers(workers), max_memory=budget, want_bracket=True
+    _, solution = _compute(
+        kernel,
+        input_shape,
+        padding,
+        layout,
+        stride,
+        dilation,
+        groups,
+        transposed,
+        rtol,
+        max_iter,
+        workers,
+        max_memory,
+        want_bracket=True,
     )
     return NormBounds(
         float(solution.lower), float(solution.upper), float(solution.value), solution.converged, solution.method

@@ -49,6 +49,7 @@ from .._parallel import _single_threaded_blas
 from ..errors import ParameterError, ParameterTypeError
 from ..spectrum import singular_values
 from .folding import fold_batchnorm
+from .schema import LAYER_FIELDS
 from .walk import LayerCall, collect_layers, detached_copy, make_example_input
 
 __all__ = [
@@ -67,34 +68,7 @@ SCHEMA_VERSION = 1
 PADDINGS = ("circular", "model")
 
 #: Columns of :meth:`SpectralReport.to_csv`, in order (every scalar field of :class:`LayerReport`).
-CSV_COLUMNS = (
-    "index",
-    "name",
-    "type",
-    "kind",
-    "kernel_shape",
-    "input_shape",
-    "output_shape",
-    "stride",
-    "dilation",
-    "groups",
-    "padding",
-    "padding_mode",
-    "transposed",
-    "calls",
-    "folded_batchnorm",
-    "num_singular_values",
-    "sigma_max",
-    "sigma_min",
-    "condition_number",
-    "stable_rank",
-    "effective_rank",
-    "sigma_max_model",
-    "sigma_max_model_lower",
-    "sigma_max_model_upper",
-    "seconds",
-    "note",
-)
+CSV_COLUMNS = tuple(name for name in LAYER_FIELDS if name != "spectrum")
 
 
 def spectrum_summary(values: np.ndarray, relative_threshold: float) -> dict[str, Any]:
@@ -166,7 +140,7 @@ class LayerReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples as lists, the spectrum as a list or None)."""
         out: dict[str, Any] = {}
-        for name in (*CSV_COLUMNS, "spectrum"):
+        for name in LAYER_FIELDS:
             value = getattr(self, name)
             if isinstance(value, tuple):
                 value = list(value)

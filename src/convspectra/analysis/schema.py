@@ -27,38 +27,9 @@ _INT_LIST = {"type": "array", "items": {"type": "integer", "minimum": 0}}
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _NONNEG_OR_NULL = {"type": ["number", "null"], "minimum": 0}
 
-_LAYER = {
+_LAYER: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "required": [
-        "index",
-        "name",
-        "type",
-        "kind",
-        "kernel_shape",
-        "input_shape",
-        "output_shape",
-        "stride",
-        "dilation",
-        "groups",
-        "padding",
-        "padding_mode",
-        "transposed",
-        "calls",
-        "folded_batchnorm",
-        "num_singular_values",
-        "sigma_max",
-        "sigma_min",
-        "condition_number",
-        "stable_rank",
-        "effective_rank",
-        "sigma_max_model",
-        "sigma_max_model_lower",
-        "sigma_max_model_upper",
-        "seconds",
-        "note",
-        "spectrum",
-    ],
     "properties": {
         "index": {"type": "integer", "minimum": 0, "description": "position in call order"},
         "name": {"type": "string", "description": "qualified module name; name#k for the k-th input size"},
@@ -93,6 +64,9 @@ _LAYER = {
         },
     },
 }
+#: The fields of one layer's record, in order (every one is required).
+LAYER_FIELDS: tuple[str, ...] = tuple(_LAYER["properties"])
+_LAYER["required"] = list(LAYER_FIELDS)
 
 #: JSON Schema (draft 2020-12) of :meth:`convspectra.analysis.SpectralReport.to_dict`.
 REPORT_SCHEMA: dict[str, Any] = {

@@ -319,39 +319,8 @@ def conv_input_sizes(model: Any, image_shape: Sequence[int]) -> dict[str, tuple[
     return sizes
 
 
-def _paper_clip(weight: Any, input_shape: tuple[int, ...], max_norm: float) -> Any:
-    """The paper's Section 3 projection of an ``(O, I, k1, k2)`` kernel, one alternating step, torch.
-
-    Clip every singular value of every frequency's ``O x I`` transfer matrix at ``max_norm``, go
-    back to the spatial domain and keep the ``k1 x k2`` support (the paper's ``Clip_OperatorNorm``).
-    Used when ``convspectra.clip_operator_norm`` is not available.
-    """
-    import torch
-
-    k1, k2 = weight.shape[-2:]
-    if k1 > input_shape[0] or k2 > input_shape[1]:
-        raise ParameterError(f"input_shape: expected sides >= the kernel {weight.shape[-2:]}, got {input_shape}")
-    transfer = torch.fft.fft2(weight, s=input_shape).permute(2, 3, 0, 1)  # (n1, n2, O, I)
-    u, s, vh = torch.linalg.svd(transfer, full_matrices=False)
-    clipped = u @ (s.clamp(max=max_norm).to(u.dtype)[..., None] * vh)
-    return torch.fft.ifft2(clipped.permute(2, 3, 0, 1), dim=(-2, -1)).real[..., :k1, :k2].contiguous()
-
-
-def _projection_function() -> tuple[Callable[[list[Any], list[tuple[int, ...]], float], list[Any]], str]:
-    """``(project many kernels, description)``: convspectra's batched projection, else the built-in step."""
-    try:
-        from .. import clip_operator_norm_many
-    except ImportError:
-
-        def fallback(weights: list[Any], sizes: list[tuple[int, ...]], max_norm: float) -> list[Any]:
-            return [_paper_clip(w, n, max_norm) for w, n in zip(weights, sizes, strict=True)]
-
-        return fallback, "convspectra.experiments.training._paper_clip (paper Section 3, one alternating step)"
-
-    def many(weights: list[Any], sizes: list[tuple[int, ...]], max_norm: float) -> list[Any]:
-        return list(clip_operator_norm_many(weights, sizes, max_norm, iterations=1, method="alternating"))
-
-    return many, "convspectra.clip_operator_norm_many(iterations=1, method='alternating')"
+#: How the ``clip=C`` arms project (recorded in every run's log).
+PROJECTION = "convspectra.clip_operator_norm_many(iterations=1, method='alternating')"
 
 
 def project_convolutions(model: Any, input_sizes: dict[str, tuple[int, ...]], max_norm: float) -> None:
@@ -372,23 +341,17 @@ def project_convolutions(model: Any, input_sizes: dict[str, tuple[int, ...]], ma
     """
     import torch
 
-    project, _ = _projection_function()
+    from ..projection import clip_operator_norm_many
+
     convs = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     if not convs:
         return
     with torch.no_grad():
         weights = [m.weight.detach().to(torch.float64) for _, m in convs]
-        projected = project(weights, [tuple(input_sizes[name]) for name, _ in convs], float(max_norm))
+        sizes = [tuple(input_sizes[name]) for name, _ in convs]
+        projected = clip_operator_norm_many(weights, sizes, float(max_norm), iterations=1, method="alternating")
         for (_, module), new in zip(convs, projected, strict=True):
             module.weight.copy_(new.to(module.weight.dtype))
-
-
-def _l1_penalty(model: Any) -> Any:
-    """``sum |K|`` over every convolution kernel (Proposition 11's bound summed over layers)."""
-    import torch
-
-    terms = [m.weight.abs().sum() for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
-    return torch.stack(terms).sum()
 
 
 def _layer_sigma_max(model: Any, input_sizes: dict[str, tuple[int, ...]]) -> dict[str, float]:
@@ -583,6 +546,7 @@ def _train(
     import torch
 
     from ..models import cifar_resnet
+    from ..nn import l1_penalty
     from .datasets import load_dataset
 
     folder = Path(run_dir)
@@ -633,7 +597,6 @@ def _train(
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     generator = torch.Generator().manual_seed(seed)
-    _, projection_impl = _projection_function()
 
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -657,7 +620,7 @@ def _train(
             },
             "device": device,
             "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
-            "projection": projection_impl if arm.clip is not None else None,
+            "projection": PROJECTION if arm.clip is not None else None,
             "machine": machine_description(),
             "layers": {name: list(size) for name, size in input_sizes.items()},
             "initial_sigma_max": _layer_sigma_max(model, input_sizes),
@@ -695,7 +658,7 @@ def _train(
             x = x.to(device, memory_format=memory_format, non_blocking=True)
             y = y.to(device, non_blocking=True)
             loss, logits = forward_loss(x, y)
-            objective = loss + arm.l1 * _l1_penalty(model) if arm.l1 else loss
+            objective = loss + arm.l1 * l1_penalty(model) if arm.l1 else loss
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(objective).backward()
             scaler.step(optimizer)

@@ -37,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import time
@@ -103,23 +102,8 @@ def projected_kernels(
     its bound after the iterations is multiplied by ``bound / norm``.
     """
     work = [w.detach().to(device=w.device if device is None else device, dtype=torch.float64) for w, _, _, _ in jobs]
-    on_cpu = all(w.device.type == "cpu" for w in work)
-    with _single_threaded_blas() if on_cpu else contextlib.nullcontext():
-        return _project_jobs(jobs, work, min_norm=min_norm, iterations=iterations, method=method, rescale=rescale)
-
-
-def _single_threaded_blas() -> Any:
-    """One BLAS thread for the core's batched LAPACK calls (when threadpoolctl is installed).
-
-    With torch imported, its OpenMP pool and OpenBLAS's own threads oversubscribe the cores: the
-    per-matrix LAPACK calls of a projection then run up to 10x slower (measured on a 2-core box);
-    they gain nothing from BLAS threads in the first place.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is part of the torch extra
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    # the core limits BLAS to one thread around its own small-matrix LAPACK batches
+    return _project_jobs(jobs, work, min_norm=min_norm, iterations=iterations, method=method, rescale=rescale)
 
 
 def _project_jobs(
