@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 import convspectra as cs
-from convspectra._parallel import resolve_workers
+from convspectra._threads import resolve_workers
 from convspectra.baselines import paper_clip_operator_norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 import convspectra as cs
-from convspectra._parallel import resolve_workers
+from convspectra._threads import resolve_workers
 from convspectra.baselines import paper_singular_values
-from convspectra.experiments.training import machine_description
+from convspectra.experiments.machine import machine_description
 
 RESNET50_3X3 = [(64, 56)] * 3 + [(128, 28)] * 4 + [(256, 14)] * 6 + [(512, 7)] * 3
 QUICK_3X3 = [(16, 16)] * 2 + [(32, 8)] * 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,24 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# The data folder (pretrained CIFAR ResNets): $CONVSPECTRA_DATA, which the library, the CLI and the
+# benchmarks honour; by default the shared data beside this repository. Subprocesses inherit it.
+os.environ.setdefault("CONVSPECTRA_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def pretrained_checkpoint(depth: int) -> Path:
+    """The pretrained CIFAR ResNet-``depth`` checkpoint under ``$CONVSPECTRA_DATA``, or a skip saying it is absent."""
+    from convspectra.models import find_pretrained
+
+    found = find_pretrained(f"resnet{depth}")
+    if found is None:
+        pytest.skip(
+            f"pretrained CIFAR ResNet-{depth} checkpoint not found under $CONVSPECTRA_DATA="
+            f"{os.environ.get('CONVSPECTRA_DATA')!r} (shared data absent; see the docs on pretrained weights)"
+        )
+    return found
+
 
 EPS = {np.dtype(np.float32): np.finfo(np.float32).eps, np.dtype(np.float64): np.finfo(np.float64).eps}
 

@@ -6,27 +6,18 @@ import json
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import convspectra as cs
-from conftest import assert_spectrum_matches
+from conftest import assert_spectrum_matches, pretrained_checkpoint
 from convspectra.analysis import validate_report
 from convspectra.cli import main
 from convspectra.models import load_weights, resnet20
 
-PRETRAINED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-resnet-pretrained"
 SMALL = ["--input-shape", "3", "8", "8"]  # the CIFAR ResNets run on any size divisible by 4: keep tests fast
-
-
-def _pretrained(depth: int) -> Path:
-    found = sorted(PRETRAINED.glob(f"resnet{depth}-*.th"))
-    if not found:
-        pytest.skip(f"pretrained CIFAR ResNet-{depth} checkpoint not found in {PRETRAINED} (shared data absent)")
-    return found[0]
 
 
 def _error(capsys) -> str:
@@ -37,7 +28,7 @@ def _error(capsys) -> str:
 
 
 def test_report_builtin_with_pretrained_weights_writes_every_output(tmp_path, capsys):
-    weights = _pretrained(20)
+    weights = pretrained_checkpoint(20)
     out = {name: tmp_path / name for name in ("r.json", "r.csv", "fig4.png", "norms.svg")}
     files = ["--json", str(out["r.json"]), "--csv", str(out["r.csv"]), "--plot", str(out["fig4.png"])]
     options = ["--weights", str(weights), "--fold-bn", "--full-spectrum", *SMALL, "--plot-norms", str(out["norms.svg"])]
@@ -149,7 +140,7 @@ def test_bad_input_exits_2_naming_the_problem(argv, words, capsys):
 
 
 def test_mismatched_weights_and_non_torchscript_files(tmp_path, capsys):
-    assert main(["report", "resnet32", "--weights", str(_pretrained(20))]) == 2
+    assert main(["report", "resnet32", "--weights", str(pretrained_checkpoint(20))]) == 2
     assert "does not match" in _error(capsys)
     bogus = tmp_path / "notscript.pt"
     torch.save({"a": torch.zeros(1)}, bogus)
@@ -191,7 +182,7 @@ def test_spectrum_zero_padding_bracket(tmp_path, capsys):
 
 
 def test_reproduce_figure4_states_the_observations(tmp_path, capsys):
-    weights = _pretrained(20)
+    weights = pretrained_checkpoint(20)
     plot, observations = tmp_path / "f4.png", tmp_path / "obs.json"
     argv = ["reproduce", "figure4", "--model", "resnet20", "--weights", str(weights), "--input-shape", "3", "16", "16"]
     assert main([*argv, "--plot", str(plot), "--observations", str(observations)]) == 0

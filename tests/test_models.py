@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 torch = pytest.importorskip("torch", reason="the models need PyTorch: pip install 'convspectra[torch]'")
 
+from conftest import pretrained_checkpoint  # noqa: E402
 from convspectra import ParameterError  # noqa: E402
 from convspectra.models import cifar_resnet, get_model, load_weights, resnet20, resnet32  # noqa: E402
-
-PRETRAINED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-resnet-pretrained"
-FILES = {20: "resnet20-12fca82f.th", 32: "resnet32-d509ac18.th", 44: "resnet44-014dd654.th", 56: "resnet56-4bfd9763.th"}
 
 
 @pytest.mark.parametrize("depth", [20, 32, 44, 56])
@@ -27,9 +23,7 @@ def test_architecture_counts(depth):
 
 @pytest.mark.parametrize("depth", [20, 32, 44, 56])
 def test_pretrained_checkpoints_load_strictly(depth):
-    path = PRETRAINED / FILES[depth]
-    if not path.is_file():
-        pytest.skip(f"pretrained weights not present at {path} (see ../shared/data/cifar-resnet-pretrained/README.md)")
+    path = pretrained_checkpoint(depth)
     model = load_weights(cifar_resnet(depth), path)
     raw = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     assert torch.equal(model.layer3[0].conv2.weight, raw["module.layer3.0.conv2.weight"])

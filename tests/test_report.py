@@ -9,7 +9,6 @@ import io
 import json
 import math
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 import convspectra as cs
-from conftest import assert_spectrum_matches, oracle_singular_values
+from conftest import assert_spectrum_matches, oracle_singular_values, pretrained_checkpoint
 from convspectra.analysis import (
     CSV_COLUMNS,
     REPORT_SCHEMA,
@@ -36,18 +35,10 @@ from convspectra.analysis import (
 from convspectra.errors import ParameterError, ParameterTypeError
 from convspectra.models import load_weights, resnet20, resnet32
 
-PRETRAINED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-resnet-pretrained"
 HAS_OPERATOR_NORM = hasattr(cs, "operator_norm") and hasattr(cs, "operator_norm_bounds")
 needs_operator_norm = pytest.mark.skipif(
     not HAS_OPERATOR_NORM, reason="needs convspectra.operator_norm/operator_norm_bounds (issue 3, not merged yet)"
 )
-
-
-def _pretrained(depth: int) -> Path:
-    found = sorted(PRETRAINED.glob(f"resnet{depth}-*.th"))
-    if not found:
-        pytest.skip(f"pretrained CIFAR ResNet-{depth} checkpoint not found in {PRETRAINED} (shared data absent)")
-    return found[0]
 
 
 def _randomise_batchnorms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -234,7 +225,7 @@ def test_report_folds_only_batchnorms_that_consume_a_conv_output():
 
 @pytest.fixture(scope="module")
 def pretrained32():
-    model = load_weights(resnet32(), _pretrained(32)).eval()
+    model = load_weights(resnet32(), pretrained_checkpoint(32)).eval()
     plain = spectral_report(model, (3, 32, 32), full_spectrum=True)
     folded = spectral_report(model, (3, 16, 16), fold_bn=True)
     return model, plain, folded
@@ -289,7 +280,7 @@ def test_pretrained_resnet32_batchnorm_folding_matches_the_model(pretrained32):
 def test_pretrained_resnet32_zero_padded_norms_lie_in_their_brackets():
     # Every conv of the pretrained network with its own zero padding. Input 16x16 (maps 16, 8, 4) keeps the
     # iterative solver's share of the test short; the 32x32 figure is measured in docs/report.md.
-    model = load_weights(resnet32(), _pretrained(32)).eval()
+    model = load_weights(resnet32(), pretrained_checkpoint(32)).eval()
     report = spectral_report(model, (3, 16, 16), padding="model")
     convs = [layer for layer in report.layers if layer.kind == "conv"]
     assert len(convs) == 31

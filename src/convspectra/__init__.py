@@ -9,6 +9,7 @@ Example:
 from typing import Any
 
 from . import bounds
+from ._memory import DEFAULT_MEMORY_BUDGET
 from .errors import ConvergenceWarning, ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
 from .norm import NormBounds, operator_norm, operator_norm_bounds
 from .projection import (
@@ -18,7 +19,7 @@ from .projection import (
     clip_operator_norm_report,
 )
 from .spec import LAYOUTS, ConvSpec
-from .spectrum import DEFAULT_MEMORY_BUDGET, FrequencySpectrum, frequency_spectrum, singular_values
+from .spectrum import FrequencySpectrum, frequency_spectrum, singular_values
 
 __version__ = "0.1.0"
 

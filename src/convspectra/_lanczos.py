@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._parallel import _single_threaded_blas
+from ._threads import single_threaded_blas
 
 __all__ = ["LanczosResult", "largest_singular_value"]
 
@@ -58,7 +58,7 @@ def largest_singular_value(
     iterations, residual = 0, np.inf
     converged = False
     basis = max(1, min(basis, q.size))
-    with _single_threaded_blas():  # vector operations on one core: BLAS threads only contend
+    with single_threaded_blas():  # vector operations on one core: BLAS threads only contend
         while True:
             vectors = np.zeros((basis + 1, q.size), dtype=q.dtype)  # rows: the Lanczos vectors
             vectors[0] = q

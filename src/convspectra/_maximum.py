@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._parallel import _single_threaded_blas, run_chunks
+from ._threads import run_chunks, single_threaded_blas
 from .transfer import FrequencyPlan
 
 __all__ = ["CircularMaximum", "circular_maximum", "sigma_max_at", "top_singular_vector"]
@@ -217,13 +217,11 @@ def centre_values(plan: FrequencyPlan, flat: np.ndarray, freqs: np.ndarray, slop
     groups = plan.spec.groups
     batch = len(freqs)
     phases = plan.phases(freqs)
-    t0 = np.ascontiguousarray(plan._block_layout(phases @ flat, batch, torch_mode=False))
+    t0 = np.ascontiguousarray(plan.block_layout(phases @ flat, batch))
     p, q = t0.shape[1:]
     ks = []
     for axis in range(slopes.shape[1]):
-        ks.append(
-            np.ascontiguousarray(plan._block_layout((phases * (1j * slopes[None, :, axis])) @ flat, batch, False))
-        )
+        ks.append(np.ascontiguousarray(plan.block_layout((phases * (1j * slopes[None, :, axis])) @ flat, batch)))
     if p > q:  # work on the smaller side: sigma(T) = sigma(T^H)
         t0 = np.ascontiguousarray(np.swapaxes(t0, 1, 2).conj())
         ks = [np.ascontiguousarray(np.swapaxes(k, 1, 2).conj()) for k in ks]
@@ -296,7 +294,7 @@ def _halve(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int = 1) -> CircularMaximum:
     """The exact largest singular value of the layer of ``plan`` (``flat``: complex128 flat weight)."""
-    with _single_threaded_blas():  # small matrices: BLAS threads only get in each other's way
+    with single_threaded_blas():  # small matrices: BLAS threads only get in each other's way
         return _circular_maximum(plan, flat, workers)
 
 

@@ -42,27 +42,23 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import is_tensor
 from .errors import ParameterError
 from .spec import parse_layer
 
 __all__ = ["channel_l1_bound", "l1_bound", "nonnegative_norm", "reshaped_norm"]
 
 
-def _weight(kernel: Any, layout: str, groups: int | None, transposed: bool | None, stride: Any = None) -> Any:
-    _, weight = parse_layer(kernel, None, layout=layout, groups=groups, transposed=transposed, stride=stride)
+def _weight(kernel: Any, layout: str, groups: int | None, transposed: bool | None) -> Any:
+    _, weight = parse_layer(kernel, None, layout=layout, groups=groups, transposed=transposed)
     return weight
-
-
-def _is_torch(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor)
 
 
 def _group_sums(weight: Any, groups: int) -> Any:
     """``S`` per group: ``(groups, out/groups, in/groups)`` sums of |K| over the taps."""
     out_channels, in_per_group = weight.shape[0], weight.shape[1]
     flat = weight.reshape(out_channels, in_per_group, -1)
-    sums = flat.abs().sum(-1) if _is_torch(flat) else np.abs(flat).sum(-1)
+    sums = flat.abs().sum(-1) if is_tensor(flat) else np.abs(flat).sum(-1)
     return sums.reshape(groups, out_channels // groups, in_per_group)
 
 
@@ -85,7 +81,7 @@ def l1_bound(kernel: Any, *, layout: str = "OIHW", groups: int | None = None, tr
         3.0
     """
     weight = _weight(kernel, layout, groups, transposed)
-    return weight.abs().sum() if _is_torch(weight) else np.abs(weight).sum()
+    return weight.abs().sum() if is_tensor(weight) else np.abs(weight).sum()
 
 
 def channel_l1_bound(
@@ -107,7 +103,7 @@ def channel_l1_bound(
     """
     spec, weight = parse_layer(kernel, None, layout=layout, groups=groups, transposed=transposed)
     sums = _group_sums(weight, spec.groups)
-    if _is_torch(sums):
+    if is_tensor(sums):
         return (sums.amax(-1) ** 2).sum().sqrt()
     return np.sqrt((sums.max(-1) ** 2).sum())
 
@@ -139,7 +135,7 @@ def nonnegative_norm(
             f"stride: expected 1 (Proposition 7 is exact only without stride), got {spec.stride}; "
             "use convspectra.operator_norm"
         )
-    torch_mode = _is_torch(weight)
+    torch_mode = is_tensor(weight)
     array = weight.detach().cpu().numpy() if torch_mode else weight
     if np.iscomplexobj(array) or (array < 0).any():
         bad = "complex" if np.iscomplexobj(array) else f"{int((array < 0).sum())} negative"
@@ -172,6 +168,6 @@ def reshaped_norm(
     """
     weight = _weight(kernel, layout, groups, transposed)
     matrix = weight.reshape(weight.shape[0], -1)
-    if _is_torch(matrix):
+    if is_tensor(matrix):
         return sys.modules["torch"].linalg.matrix_norm(matrix, ord=2)
     return np.linalg.norm(matrix, ord=2)

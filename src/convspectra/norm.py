@@ -42,12 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import as_tuple
 from ._lanczos import largest_singular_value
 from ._maximum import circular_maximum, top_singular_vector
-from ._parallel import resolve_workers
+from ._threads import resolve_workers
 from .conv_operator import ConvOperator
 from .errors import ConvergenceWarning, MemoryBudgetError, ParameterError, ParameterTypeError
-from .spec import ConvSpec, _as_tuple, parse_layer
+from .spec import ConvSpec, parse_layer
 from .transfer import FrequencyPlan, flat_weight
 
 __all__ = ["NormBounds", "operator_norm", "operator_norm_bounds"]
@@ -123,7 +124,7 @@ def _pairs_from(padding: Any, spec: ConvSpec, *, what: str = "padding") -> tuple
             f"{what}: expected 'circular', 'module', 'same', 'valid', an int or one int per spatial axis, "
             f"got {padding!r}"
         )
-    return tuple((p, p) for p in _as_tuple(what, padding, d, minimum=0))
+    return tuple((p, p) for p in as_tuple(what, padding, d, minimum=0))
 
 
 def _resolve(
@@ -145,7 +146,7 @@ def _resolve(
         kernel, None, layout=layout, stride=stride, dilation=dilation, groups=groups, transposed=transposed
     )
     d = spec0.ndim
-    n_user = _as_tuple("input_shape", input_shape, d)
+    n_user = as_tuple("input_shape", input_shape, d)
     torch = sys.modules.get("torch")
     is_module = torch is not None and isinstance(kernel, torch.nn.Module)
     mode, output_padding = "zeros", (0,) * d

@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from ._parallel import _single_threaded_blas, resolve_workers, run_chunks
+from ._threads import resolve_workers, run_chunks, single_threaded_blas
 from .errors import ParameterError, ParameterTypeError
 from .spec import LAYOUTS, ConvSpec, parse_layer
 from .transfer import FrequencyPlan
@@ -717,7 +717,7 @@ def _run(items: list[_Item], options: _Options) -> None:
     torch = sys.modules.get("torch")
     # Small batched LAPACK calls gain nothing from BLAS threads and lose a lot when the cores are
     # busy (measured: 10x slower eigh with OpenBLAS's two threads on a loaded 2-core machine).
-    with _single_threaded_blas():
+    with single_threaded_blas():
         if torch is not None:
             with torch.no_grad():
                 _run_groups(items, options)

@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import conv_module_types, is_tensor, is_torch_module, module_geometry
+from ._checks import as_tuple, choice, describe, flag
 from .errors import ParameterError, ParameterTypeError
 
 __all__ = ["LAYOUTS", "ConvSpec", "parse_layer"]
@@ -105,53 +107,6 @@ class ConvSpec:
         return (self.out_channels // self.groups, self.aliases * (self.in_channels // self.groups))
 
 
-def _is_torch_tensor(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor)
-
-
-def _torch_conv_classes() -> tuple[tuple[type, ...], tuple[type, ...]]:
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return (), ()
-    nn = torch.nn
-    return (nn.Conv1d, nn.Conv2d, nn.Conv3d), (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def _describe(obj: Any) -> str:
-    cls = type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}" if cls.__module__ != "builtins" else cls.__qualname__
-
-
-def _as_tuple(name: str, value: Any, ndim: int, *, minimum: int = 1) -> tuple[int, ...]:
-    """An int or a sequence of ndim ints, each >= minimum, as a tuple of ndim Python ints."""
-    if isinstance(value, (bool, np.bool_)):
-        raise ParameterTypeError(f"{name}: expected an int or a sequence of {ndim} ints, got {value!r}")
-    if isinstance(value, numbers.Integral):
-        items: tuple[Any, ...] = (value,) * ndim
-    elif (isinstance(value, Sequence) and not isinstance(value, (str, bytes))) or (
-        isinstance(value, np.ndarray) and value.ndim == 1
-    ):
-        items = tuple(value)
-        if len(items) != ndim:
-            raise ParameterError(
-                f"{name}: expected an int or {ndim} values (one per spatial axis of the kernel), "
-                f"got {len(items)} values {tuple(value)!r}"
-            )
-    else:
-        raise ParameterTypeError(
-            f"{name}: expected an int or a sequence of {ndim} ints, got {value!r} ({_describe(value)})"
-        )
-    out = []
-    for item in items:
-        if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Integral):
-            raise ParameterTypeError(f"{name}: expected integers, got {value!r}")
-        if int(item) < minimum:
-            raise ParameterError(f"{name}: expected integers >= {minimum}, got {value!r}")
-        out.append(int(item))
-    return tuple(out)
-
-
 def _work_dtype_numpy(dtype: np.dtype) -> np.dtype:
     """The dtype the computation runs in for a NumPy kernel of this dtype."""
     if dtype.kind == "f":
@@ -188,7 +143,6 @@ def _work_dtype_torch(tensor: Any) -> Any:
 
 def _kernel_from_module(module: Any, layout: str, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Weight and hyper-parameters of a torch conv module; explicit arguments must agree."""
-    _conv_classes, transposed_classes = _torch_conv_classes()
     torch = sys.modules["torch"]
     weight = module.weight
     if isinstance(weight, torch.nn.parameter.UninitializedParameter):
@@ -200,18 +154,13 @@ def _kernel_from_module(module: Any, layout: str, overrides: dict[str, Any]) -> 
         raise ParameterError(
             f"layout: a torch module's weight is channels-first; expected 'OIHW' (or omit it), got {layout!r}"
         )
-    from_module = {
-        "stride": tuple(module.stride),
-        "dilation": tuple(module.dilation),
-        "groups": int(module.groups),
-        "transposed": isinstance(module, transposed_classes),
-    }
+    from_module = module_geometry(module)
     ndim = weight.dim() - 2
     for name, given in overrides.items():
         if given is None:
             continue
         mine = from_module[name]
-        normalised = given if name in ("groups", "transposed") else _as_tuple(name, given, ndim)
+        normalised = given if name in ("groups", "transposed") else as_tuple(name, given, ndim)
         if normalised != mine:
             raise ParameterError(
                 f"{name}: the module {type(module).__name__} has {name}={mine!r}, but {name}={given!r} was "
@@ -257,34 +206,31 @@ def parse_layer(
         ParameterTypeError: an unsupported kernel type or dtype, or non-integer sizes.
         ParameterError: bad layout, dimensions, groups, stride, sizes, or a NaN/Inf kernel.
     """
-    if not isinstance(layout, str) or layout not in LAYOUTS:
-        raise ParameterError(f"layout: expected one of {sorted(LAYOUTS)}, got {layout!r}")
-
-    conv_classes, transposed_classes = _torch_conv_classes()
-    if conv_classes and isinstance(kernel, conv_classes + transposed_classes):
+    choice("layout", layout, sorted(LAYOUTS))
+    forward_classes, transposed_classes = conv_module_types()
+    if forward_classes and isinstance(kernel, forward_classes + transposed_classes):
         weight, from_module = _kernel_from_module(
             kernel, layout, {"stride": stride, "dilation": dilation, "groups": groups, "transposed": transposed}
         )
         stride, dilation = from_module["stride"], from_module["dilation"]
         groups, transposed = from_module["groups"], from_module["transposed"]
         layout = "OIHW"
-    elif _is_torch_tensor(kernel):
+    elif is_tensor(kernel):
         weight = kernel
     else:
-        torch = sys.modules.get("torch")
-        if torch is not None and isinstance(kernel, torch.nn.Module):
+        if is_torch_module(kernel):
             raise ParameterTypeError(
                 "kernel: expected a NumPy array, a torch.Tensor or a torch.nn.Conv1d/2d/3d or "
-                f"ConvTranspose1d/2d/3d module, got the module {_describe(kernel)}"
+                f"ConvTranspose1d/2d/3d module, got the module {describe(kernel)}"
             )
         if isinstance(kernel, (str, bytes, dict)) or kernel is None:
-            raise ParameterTypeError(f"kernel: expected an array of kernel weights, got {_describe(kernel)}")
+            raise ParameterTypeError(f"kernel: expected an array of kernel weights, got {describe(kernel)}")
         try:
             weight = np.asarray(kernel)
         except Exception as err:  # pragma: no cover - depends on exotic inputs
-            raise ParameterTypeError(f"kernel: could not convert {_describe(kernel)} to an array: {err}") from err
+            raise ParameterTypeError(f"kernel: could not convert {describe(kernel)} to an array: {err}") from err
 
-    is_torch = _is_torch_tensor(weight)
+    is_torch = is_tensor(weight)
     work = _work_dtype_torch(weight) if is_torch else _work_dtype_numpy(weight.dtype)
     shape = tuple(int(size) for size in weight.shape)
     family, fixed_ndim = LAYOUTS[layout]
@@ -302,16 +248,14 @@ def parse_layer(
         order = (ndim + 1, ndim, *range(ndim))
         weight = weight.permute(*order) if is_torch else np.transpose(weight, order)
 
-    stride_t = _as_tuple("stride", 1 if stride is None else stride, ndim)
-    input_shape_t = _as_tuple("input_shape", input_shape, ndim) if input_shape is not None else stride_t
-    dilation_t = _as_tuple("dilation", 1 if dilation is None else dilation, ndim)
+    stride_t = as_tuple("stride", 1 if stride is None else stride, ndim)
+    input_shape_t = as_tuple("input_shape", input_shape, ndim) if input_shape is not None else stride_t
+    dilation_t = as_tuple("dilation", 1 if dilation is None else dilation, ndim)
     groups_i = 1 if groups is None else groups
     if isinstance(groups_i, (bool, np.bool_)) or not isinstance(groups_i, numbers.Integral):
         raise ParameterTypeError(f"groups: expected a positive int, got {groups!r}")
     groups_i = int(groups_i)
-    if transposed is not None and not isinstance(transposed, (bool, np.bool_)):
-        raise ParameterTypeError(f"transposed: expected True or False, got {transposed!r}")
-    transposed_b = bool(transposed)
+    transposed_b = False if transposed is None else flag("transposed", transposed)
 
     out_channels, in_per_group = int(weight.shape[0]), int(weight.shape[1])
     if groups_i < 1 or out_channels % groups_i:

@@ -22,15 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from ._parallel import resolve_workers, run_chunks
-from .errors import MemoryBudgetError, ParameterError, ParameterTypeError
+from ._backend import is_tensor
+from ._memory import DEFAULT_MEMORY_BUDGET, check_budget, resolve_budget
+from ._threads import resolve_workers, run_chunks
 from .spec import ConvSpec, parse_layer
 from .transfer import FrequencyPlan, flat_weight
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "FrequencySpectrum", "frequency_spectrum", "singular_values"]
-
-#: Default cap, in bytes, on the memory one call may use (results and working arrays).
-DEFAULT_MEMORY_BUDGET = 4 * 2**30
 
 #: Target size, in bytes, of the transfer matrices of one chunk of frequencies.
 _CHUNK_BYTES = 8 * 2**20
@@ -82,7 +80,7 @@ class FrequencySpectrum:
         """
         values = self.singular_values
         counts = np.repeat(self.multiplicity, values.shape[1])
-        if _is_torch(values):
+        if is_tensor(values):
             torch = sys.modules["torch"]
             flat = values.reshape(-1)
             order = torch.argsort(flat, descending=True)
@@ -104,7 +102,7 @@ class FrequencySpectrum:
         if self.plan.real:  # T(-g) has the singular values of T(g)
             targets.append(np.ravel_multi_index(tuple(((-self.frequencies) % np.asarray(plan_grid)).T), plan_grid))
         target_shape = (*self.spec.output_shape, values.shape[1])
-        if _is_torch(values):
+        if is_tensor(values):
             grid = values.new_empty((self.plan.size, values.shape[1]))
             for target in targets:
                 grid[sys.modules["torch"].from_numpy(target).to(values.device)] = values
@@ -113,29 +111,6 @@ class FrequencySpectrum:
         for target in targets:
             grid[target] = values
         return np.ascontiguousarray(np.broadcast_to(grid.reshape(*plan_grid, -1), target_shape))
-
-
-def _is_torch(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor)
-
-
-def _format_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _resolve_budget(max_memory: int | None) -> int:
-    if max_memory is None:
-        return DEFAULT_MEMORY_BUDGET
-    if isinstance(max_memory, bool) or not isinstance(max_memory, int):
-        raise ParameterTypeError(f"max_memory: expected a number of bytes (int) or None, got {max_memory!r}")
-    if max_memory <= 0:
-        raise ParameterError(f"max_memory: expected a positive number of bytes, got {max_memory}")
-    return max_memory
 
 
 def _decompose_numpy(matrices: np.ndarray) -> np.ndarray:
@@ -158,17 +133,17 @@ class _Computation:
     def __init__(self, spec: ConvSpec, weight: Any, workers: int | None, max_memory: int | None) -> None:
         self.spec = spec
         self.weight = weight
-        self.use_torch = _is_torch(weight) and (
+        self.use_torch = is_tensor(weight) and (
             weight.device.type != "cpu" or (weight.requires_grad and sys.modules["torch"].is_grad_enabled())
         )
-        self.is_complex = bool(weight.is_complex()) if _is_torch(weight) else bool(np.iscomplexobj(weight))
+        self.is_complex = bool(weight.is_complex()) if is_tensor(weight) else bool(np.iscomplexobj(weight))
         self.plan = FrequencyPlan.create(spec, real=not self.is_complex)
         self.workers = 1 if self.use_torch else resolve_workers(workers)
         rows, cols = self.plan.block_shape  # what is decomposed, per group and frequency
         work = self.plan.count * spec.groups * min(rows, cols) ** 2 * max(rows, cols)
         if work < _PARALLEL_MIN_WORK:  # a few milliseconds: threads would cost more than they save
             self.workers = 1
-        self.budget = _resolve_budget(max_memory)
+        self.budget = resolve_budget(max_memory)
         single = weight.dtype in (np.float32, np.complex64) or str(weight.dtype) in ("torch.float32", "torch.complex64")
         self.real_itemsize = 4 if single else 8
         self.rank = min(spec.block_shape) * spec.groups  # singular values per frequency
@@ -183,17 +158,13 @@ class _Computation:
         total = working + table
         if expanded:
             total += self.spec.num_singular_values * (2 * self.real_itemsize + 16)
-        if total > self.budget:
-            what = (
-                f"{self.spec.num_singular_values:,} singular values"
-                if expanded
-                else f"{plan.count:,} frequencies x {self.rank} singular values"
-            )
-            raise MemoryBudgetError(
-                f"max_memory: this request ({what}) needs about {_format_bytes(total)}, over the budget of "
-                f"{_format_bytes(self.budget)}; pass a larger max_memory (bytes) if the machine has it"
-                + ("" if not expanded else ", or use frequency_spectrum(), which stores one row per frequency pair")
-            )
+        what = (
+            f"{self.spec.num_singular_values:,} singular values"
+            if expanded
+            else f"{plan.count:,} frequencies x {self.rank} singular values"
+        )
+        hint = ", or use frequency_spectrum(), which stores one row per frequency pair" if expanded else ""
+        check_budget(total, self.budget, f"this request ({what})", hint)
 
     def run(self) -> FrequencySpectrum:
         plan = self.plan
@@ -206,11 +177,11 @@ class _Computation:
             parts = [self._chunk_torch(flat, r) for r in ranges]
             values = sys.modules["torch"].cat([p[0] for p in parts])
         else:
-            weight = self.weight.detach().cpu().numpy() if _is_torch(self.weight) else self.weight
+            weight = self.weight.detach().cpu().numpy() if is_tensor(self.weight) else self.weight
             flat = flat_weight(weight)
             parts = run_chunks(lambda r: self._chunk_numpy(flat, r), ranges, self.workers)
             values = np.concatenate([p[0] for p in parts])
-            if _is_torch(self.weight):
+            if is_tensor(self.weight):
                 values = sys.modules["torch"].from_numpy(values)
         return FrequencySpectrum(
             singular_values=values,
@@ -223,13 +194,13 @@ class _Computation:
         """(B*G, computed rank) -> (B, rank): the zeros of collapsed aliases added, each row descending."""
         zeros = self.plan.zeros_per_block
         if zeros:
-            if _is_torch(values):
+            if is_tensor(values):
                 values = sys.modules["torch"].nn.functional.pad(values, (0, zeros))
             else:
                 values = np.pad(values, ((0, 0), (0, zeros)))
         values = values.reshape(batch, self.rank)
         if self.spec.groups > 1:  # union of the groups' values, descending per frequency
-            if _is_torch(values):
+            if is_tensor(values):
                 values = values.sort(dim=1, descending=True).values
             else:
                 values = -np.sort(-values, axis=1)

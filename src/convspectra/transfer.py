@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from ._backend import is_tensor
 from .spec import ConvSpec
 
 __all__ = ["FrequencyPlan", "flat_weight"]
@@ -168,7 +169,7 @@ class FrequencyPlan:
             phases *= roots[step]
         return phases.reshape(-1, taps.shape[0])
 
-    def _block_layout(self, matrices: Any, batch: int, torch_mode: bool) -> Any:
+    def block_layout(self, matrices: Any, batch: int) -> Any:
         """(B*S, G*a*b0) -> (B*G, a, S*b0): gather the aliased frequencies into columns."""
         spec = self.spec
         groups = spec.groups
@@ -177,7 +178,7 @@ class FrequencyPlan:
         aliases = self.aliases
         matrices = matrices.reshape(batch, aliases, groups, a, b0)
         if aliases > 1:
-            matrices = matrices.permute(0, 2, 3, 1, 4) if torch_mode else matrices.transpose(0, 2, 3, 1, 4)
+            matrices = matrices.permute(0, 2, 3, 1, 4) if is_tensor(matrices) else matrices.transpose(0, 2, 3, 1, 4)
         return matrices.reshape(batch * groups, a, aliases * b0)
 
     def transfer_numpy(self, flat: np.ndarray, freqs: np.ndarray) -> np.ndarray:
@@ -191,14 +192,14 @@ class FrequencyPlan:
         matrices = self.phases(freqs).astype(flat.dtype, copy=False) @ flat
         if self.real and self.aliases == 1 and not np.any((2 * freqs) % np.asarray(self.grid)):
             matrices = np.ascontiguousarray(matrices.real)
-        return self._block_layout(matrices, len(freqs), torch_mode=False)
+        return self.block_layout(matrices, len(freqs))
 
     def transfer_torch(self, flat: Any, freqs: np.ndarray) -> Any:
         """As :meth:`transfer_numpy` for :func:`flat_weight` of a torch weight (on its device,
         keeping autograd)."""
         torch = sys.modules["torch"]
         phases = torch.from_numpy(self.phases(freqs)).to(device=flat.device, dtype=flat.dtype)
-        return self._block_layout(phases @ flat, len(freqs), torch_mode=True)
+        return self.block_layout(phases @ flat, len(freqs))
 
 
 def flat_weight(weight: Any) -> Any:
@@ -208,8 +209,8 @@ def flat_weight(weight: Any) -> Any:
     """
     out_channels, in_per_group = weight.shape[0], weight.shape[1]
     flat = weight.reshape(out_channels * in_per_group, -1).T
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(flat, torch.Tensor):
+    if is_tensor(flat):
+        torch = sys.modules["torch"]
         single = flat.dtype in (torch.float32, torch.complex64)
         return flat.to(torch.complex64 if single else torch.complex128).contiguous()
     single = flat.dtype in (np.float32, np.complex64)

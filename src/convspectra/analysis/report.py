@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._parallel import _single_threaded_blas
+from .._threads import single_threaded_blas
 from ..errors import ParameterError, ParameterTypeError
 from ..spectrum import singular_values
 from .folding import fold_batchnorm
@@ -485,7 +485,7 @@ def spectral_report(
     layers = []
     # Per-layer LAPACK calls on small matrices lose to OpenBLAS's own threads (3-5x on a loaded
     # 2-core machine); the engine's worker pool, used for large layers, limits them itself.
-    with _single_threaded_blas():
+    with single_threaded_blas():
         for index, call in enumerate(calls):
             layers.append(
                 _analyse(

@@ -281,7 +281,7 @@ def run_figure1(
     Raises:
         ParameterError: for a bad ``repeats``, ``budget``, ``device`` or panel.
     """
-    from .training import machine_description
+    from .machine import machine_description
 
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ParameterError(f"repeats: expected a positive integer, got {repeats!r}")

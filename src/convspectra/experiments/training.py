@@ -51,7 +51,6 @@ import json
 import logging
 import math
 import os
-import platform
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -62,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ParameterError
+from .machine import machine_description
 
 __all__ = [
     "DEFAULT_L1",
@@ -71,7 +71,6 @@ __all__ = [
     "arm_directory",
     "conv_input_sizes",
     "learning_rate",
-    "machine_description",
     "parse_arm",
     "project_convolutions",
     "run_experiment",
@@ -235,52 +234,6 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
         [0.1, 0.1, 0.010000000000000002, 0.0010000000000000002]
     """
     return config.lr * config.lr_decay ** sum(epoch >= m for m in config.schedule)
-
-
-def machine_description() -> dict[str, Any]:
-    """CPU model, cores, GPU, torch/numpy versions and BLAS: what a number was measured on.
-
-    Example:
-        >>> sorted(machine_description())[:3]
-        ['blas', 'convspectra', 'cores']
-    """
-    from .. import __version__
-    from .._parallel import available_cores
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": available_cores(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "convspectra": __version__,
-    }
-    try:
-        import threadpoolctl
-
-        info["blas"] = sorted({f"{p['internal_api']} {p['version']}" for p in threadpoolctl.threadpool_info()})
-    except ImportError:
-        info["blas"] = "unknown (threadpoolctl not installed)"
-    try:
-        import torch
-
-        info["torch"] = str(torch.__version__)
-        info["torch_threads"] = torch.get_num_threads()
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        info["torch"] = None
-        info["gpu"] = None
-    try:
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        pass
-    return info
 
 
 # ----------------------------------------------------------------------------------------- model parts
