@@ -263,7 +263,7 @@ def _tap_norms(plan: FrequencyPlan, flat: np.ndarray) -> np.ndarray:
 def _lipschitz_weights(plan: FrequencyPlan) -> np.ndarray:
     """``(taps, d)``: 2 pi delta_a |t_a - c_a| / n_a, the phase change per grid step of each tap."""
     spec = plan.spec
-    taps = np.stack(np.unravel_index(np.arange(math.prod(spec.kernel_size)), spec.kernel_size), axis=1)
+    taps = plan.tap_offsets()
     centre = (np.asarray(spec.kernel_size) - 1) / 2
     dilation = np.asarray(spec.dilation, dtype=float)
     n = np.asarray(plan.input_grid, dtype=float)
@@ -321,7 +321,7 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
         return CircularMaximum(best, np.asarray(best_freq), len(freqs), total)
     tap_norms = _tap_norms(plan, flat)
     weights = _lipschitz_weights(plan)  # (taps, d): |phase change| per grid step
-    taps = np.stack(np.unravel_index(np.arange(math.prod(plan.spec.kernel_size)), plan.spec.kernel_size), axis=1)
+    taps = plan.tap_offsets()
     slopes = weights * np.sign(taps - (np.asarray(plan.spec.kernel_size) - 1) / 2)  # signed, (taps, d)
 
     def lipschitz(radius: np.ndarray) -> np.ndarray:
@@ -423,7 +423,7 @@ def top_singular_vector(plan: FrequencyPlan, flat: np.ndarray, frequency: np.nda
     coeff = vh[group, 0].conj().reshape(plan.aliases, spec.in_channels // spec.groups)  # (j, i)
     n = np.asarray(spec.input_shape)
     grid = np.asarray(plan.grid)
-    aliases = np.stack(np.unravel_index(np.arange(plan.aliases), plan.stride), axis=1)
+    aliases = plan.alias_shifts()
     positions = np.stack(np.meshgrid(*[np.arange(k) for k in n], indexing="ij"), axis=-1)  # (*n, d)
     vector = np.zeros((spec.in_channels, *n), dtype=np.complex128)
     b0 = spec.in_channels // spec.groups

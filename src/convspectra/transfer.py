@@ -124,6 +124,16 @@ class FrequencyPlan:
         self_conjugate = math.prod(2 if m % 2 == 0 else 1 for m in self.grid)
         return (self.size + self_conjugate) // 2
 
+    def tap_offsets(self) -> np.ndarray:
+        """``(taps, d)`` int64: the kernel's taps in row-major order, as coordinates ``t`` (before dilation)."""
+        size = self.spec.kernel_size
+        return np.stack(np.unravel_index(np.arange(math.prod(size)), size), axis=1).astype(np.int64)
+
+    def alias_shifts(self) -> np.ndarray:
+        """``(aliases, d)`` int64: the alias indices ``j`` (row-major over the computed strides); the input
+        frequency ``g + j * grid`` is folded onto the output frequency ``g``."""
+        return np.stack(np.unravel_index(np.arange(self.aliases), self.stride), axis=1).astype(np.int64)
+
     def representatives(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Frequencies with row-major index in ``[start, stop)`` that represent their class.
 
@@ -155,8 +165,8 @@ class FrequencyPlan:
         column ``t`` is the kernel tap ``t`` (row-major over the kernel's spatial axes).
         """
         spec = self.spec
-        aliases = np.stack(np.unravel_index(np.arange(self.aliases), self.stride), axis=1)
-        taps = np.stack(np.unravel_index(np.arange(math.prod(spec.kernel_size)), spec.kernel_size), axis=1)
+        aliases = self.alias_shifts()
+        taps = self.tap_offsets()
         grid = np.asarray(self.grid, dtype=np.int64)
         n = np.asarray(self.input_grid, dtype=np.int64)
         f = freqs[:, None, :] + aliases[None, :, :] * grid  # (B, S, d)
