@@ -74,6 +74,8 @@ def real(
         what = f"a finite number {'<' if open_above else '<='} {maximum:g}"
     else:
         what = "a finite real number"
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d NumPy array or torch tensor
+        value = value.item()
     if isinstance(value, (bool, np.bool_, str, bytes, complex)) or not isinstance(value, numbers.Real):
         raise ParameterTypeError(f"{name}: expected {what}, got {value!r} ({describe(value)})")
     number = float(value)
