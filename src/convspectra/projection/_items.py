@@ -61,8 +61,23 @@ class Item:
 
 
 def prepare(kernel: Any, input_shape: Any, high: float, low: float | None, layer: dict[str, Any], backend: str) -> Item:
-    """Validate one layer description (``layer``: ``layout``, ``stride``, ... for
-    :func:`~convspectra.spec.parse_layer`) and put its taps on ``backend`` (one of :data:`BACKENDS`)."""
+    """Validate one layer description and put its taps on the backend that will compute with them.
+
+    Args:
+        kernel: the user's kernel (array, tensor or conv module).
+        input_shape: the layer's input size, as for :func:`~convspectra.spec.parse_layer`.
+        high, low: the validated bounds.
+        layer: ``layout``, ``stride``, ``dilation``, ``groups``, ``transposed`` (missing or None:
+            the defaults of :func:`~convspectra.spec.parse_layer`, or the module's).
+        backend: one of :data:`BACKENDS`; ``"auto"`` keeps tensors off the CPU on their device.
+
+    Returns:
+        The :class:`Item`.
+
+    Raises:
+        ParameterError, ParameterTypeError: a bad layer description (from ``parse_layer``), or
+            ``backend="torch"`` without PyTorch.
+    """
     layout = "OIHW" if layer.get("layout") is None else layer["layout"]
     geometry = {key: layer.get(key) for key in ("stride", "dilation", "groups", "transposed")}
     spec, weight = parse_layer(kernel, input_shape, layout=layout, **geometry)

@@ -73,7 +73,8 @@ def run(items: list[Item], options: Options) -> None:
     """Project every item (filling ``result``, and ``report`` when asked), batched by shape."""
     torch = loaded_torch()
     # Small batched LAPACK calls gain nothing from BLAS threads and lose a lot when the cores are
-    # busy (measured: 10x slower eigh with OpenBLAS's two threads on a loaded 2-core machine).
+    # busy (measured when this was written: 10x slower eigh with OpenBLAS's two threads on a loaded
+    # 2-core Intel machine).
     with single_threaded_blas():
         if torch is not None:
             with torch.no_grad():
