@@ -225,10 +225,12 @@ def _per_kernel(name: str, value: Any, count: int) -> list[Any]:
                 f"got a list of length {len(value)}"
             )
         return value
-    if name in ("max_norm", "min_norm") and isinstance(value, (tuple, np.ndarray)):
+    if name in ("max_norm", "min_norm") and (
+        isinstance(value, tuple) or (isinstance(value, np.ndarray) and value.ndim)
+    ):
         raise ParameterTypeError(
-            f"{name}: expected a number (the same bound for every kernel) or a list (one bound per kernel), "
-            f"got {value!r} ({describe(value)}); a list gives one bound per kernel"
+            f"{name}: expected a number (one bound for all kernels), got {value!r} ({describe(value)}); "
+            "a list gives one bound per kernel"
         )
     return [value] * count
 
