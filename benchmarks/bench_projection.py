@@ -3,8 +3,9 @@
 One round = clip every frequency's singular values at ``--max-norm`` and restrict to the 3x3
 support (``clip_operator_norm(..., iterations=1)``), for all 31 conv layers, float64, NumPy.
 Input sizes (32, 16, 8) are captured from a forward pass of ``convspectra.models.resnet32``;
-the weights are the pretrained checkpoint in ``shared/data/cifar-resnet-pretrained`` when it
-is there (else He-initialised Gaussian kernels, said in the output).
+the weights are the pretrained checkpoint found by :func:`convspectra.models.find_pretrained`
+in the folder named by ``$CONVSPECTRA_DATA`` when it is there (else He-initialised Gaussian
+kernels, said in the output).
 
 Methods, interleaved in every repeat, medians reported:
 
@@ -24,8 +25,9 @@ Methods, interleaved in every repeat, medians reported:
 Wall time and this process's CPU time are both reported (medians); on a shared machine the CPU
 time is the steadier measure of work.
 
-Run ``python benchmarks/bench_projection.py`` (``--quick`` for a smoke run, ``--json FILE`` to
-keep the numbers; by default they go to ``benchmarks/results/bench_projection.json``).
+Run ``CONVSPECTRA_DATA=/path/to/data python benchmarks/bench_projection.py`` (``--quick`` for a
+smoke run, ``--json FILE`` to keep the numbers; by default they go to
+``benchmarks/results/bench_projection.json``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,27 +45,22 @@ import numpy as np
 import convspectra as cs
 from convspectra._threads import resolve_workers
 from convspectra.baselines import paper_clip_operator_norm
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_singular_values import machine
-
-CHECKPOINT = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-resnet-pretrained" / "resnet32-d509ac18.th"
-)
+from convspectra.experiments.machine import machine_description
 
 
 def resnet32_layers() -> tuple[list[np.ndarray], list[int], list[int], str]:
     """The 31 conv kernels (OIHW float64), their input sizes and strides, and where the weights came from."""
     import torch
 
-    from convspectra.models import load_weights, resnet32
+    from convspectra.models import find_pretrained, load_weights, resnet32
 
     torch.manual_seed(0)
     model = resnet32()
-    source = "He-initialised (checkpoint not found)"
-    if CHECKPOINT.is_file():
-        load_weights(model, CHECKPOINT)
-        source = f"pretrained {CHECKPOINT.name}"
+    source = "He-initialised (no checkpoint under $CONVSPECTRA_DATA)"
+    checkpoint = find_pretrained("resnet32")
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+        source = f"pretrained {checkpoint.name}"
     sizes: dict[str, int] = {}
     convs = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
     hooks = [
@@ -154,7 +150,8 @@ def run(quick: bool, repeats: int, max_norm: float) -> dict[str, Any]:
     baseline = medians["paper (stride-1 semantics)"]
     cpu_baseline = cpu_medians["paper (stride-1 semantics)"]
     return {
-        "machine": machine(),
+        "machine": machine_description(),
+        "workers": workers,
         "weights": source,
         "layers": len(kernels),
         "input_sizes": sizes,
@@ -183,8 +180,9 @@ def run(quick: bool, repeats: int, max_norm: float) -> dict[str, Any]:
 def report(results: dict[str, Any]) -> None:
     info = results["machine"]
     print(
-        f"machine: {info['cpu']}, {info['cores']} cores ({info['workers']} workers), BLAS {info['blas']}, "
-        f"numpy {info['numpy']}, torch {info['torch']}, python {info['python']}"
+        f"machine: {info['cpu']}, {info['cores']} cores ({results['workers']} workers), BLAS {info['blas']}, "
+        f"numpy {info['numpy']}, torch {info['torch']}, python {info['python']}, "
+        f"load average {info.get('load_average', 'unknown')}"
     )
     print(
         f"ResNet-32, {results['layers']} conv layers ({results['weights']}), one projection round at "
@@ -212,7 +210,7 @@ def report(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="six layers, one repeat: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="five layers, one repeat: a smoke run")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per method (median reported)")
     parser.add_argument("--max-norm", type=float, default=1.0, help="the bound c (default 1.0)")
     parser.add_argument("--json", metavar="FILE", help="where to write the results (default benchmarks/results/)")

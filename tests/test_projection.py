@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 import convspectra as cs
 from convspectra.baselines import paper_clip_operator_norm
 from convspectra.operator import dense_matrix
-from convspectra.projection import _project
 
 EPS = np.finfo(np.float64).eps
 
@@ -335,25 +334,47 @@ def test_torch_path_equals_numpy_path(rng):
 @pytest.mark.parametrize("band", [False, True])
 @pytest.mark.parametrize("method", ["alternating", "dykstra"])
 def test_torch_backend_equals_numpy_backend(rng, band, method):
-    """The code path used for tensors on accelerators, run on the CPU, agrees with NumPy."""
+    """The code path used for tensors on accelerators (backend="torch"), run on the CPU, agrees with NumPy."""
     kernel = rng.normal(size=(4, 3, 2, 3))
     options = {"stride": (2, 1), "dilation": (1, 2), "groups": 1}
     low = 0.4 if band else None
-    item = _project(torch.from_numpy(kernel), 6, 1.0, low, 4, method, None, *options.values(), None, None, True, True)
+    result, torch_report = cs.clip_operator_norm_report(
+        torch.from_numpy(kernel), 6, 1.0, min_norm=low, iterations=4, method=method, backend="torch", **options
+    )
     ours, report = cs.clip_operator_norm_report(kernel, 6, 1.0, min_norm=low, iterations=4, method=method, **options)
-    assert isinstance(item.result, torch.Tensor)
-    assert np.abs(item.result.numpy() - ours).max() <= 1e-12 * np.abs(kernel).max()
-    assert item.report.sigma_max_after == pytest.approx(report.sigma_max_after, rel=1e-12)
+    assert isinstance(result, torch.Tensor)
+    assert np.abs(result.numpy() - ours).max() <= 1e-12 * np.abs(kernel).max()
+    assert torch_report.sigma_max_after == pytest.approx(report.sigma_max_after, rel=1e-12)
 
 
 def test_torch_backend_with_colliding_taps_and_complex_kernel(rng):
     kernel = rng.normal(size=(2, 2, 5)) + 1j * rng.normal(size=(2, 2, 5))
-    item = _project(
-        torch.from_numpy(kernel), 3, 1.0, None, 2, "alternating", None, None, None, None, None, None, False, True
-    )
+    result = cs.clip_operator_norm(torch.from_numpy(kernel), 3, 1.0, iterations=2, backend="torch")
     ours = cs.clip_operator_norm(kernel, 3, 1.0, iterations=2)
-    assert item.result.dtype == torch.complex128
-    assert np.abs(item.result.numpy() - ours).max() <= 1e-12 * np.abs(kernel).max()
+    assert result.dtype == torch.complex128
+    assert np.abs(result.numpy() - ours).max() <= 1e-12 * np.abs(kernel).max()
+
+
+@pytest.mark.parametrize("band", [False, True])
+def test_backend_chooses_the_code_path(rng, monkeypatch, band):
+    """ "auto" and "numpy" decompose CPU tensors with LAPACK, "torch" with torch.linalg (also for NumPy input)."""
+    calls = []
+    for name in ("eigh", "svd"):
+        original = getattr(torch.linalg, name)
+        monkeypatch.setattr(torch.linalg, name, lambda *a, _f=original, **kw: calls.append(1) or _f(*a, **kw))
+    kernel = rng.normal(size=(4, 3, 3, 3))
+    low = 0.3 if band else None
+    tensor = torch.from_numpy(kernel)
+    auto = cs.clip_operator_norm(tensor, 6, 1.0, min_norm=low, iterations=2)
+    numpy = cs.clip_operator_norm(tensor, 6, 1.0, min_norm=low, iterations=2, backend="numpy")
+    assert not calls and torch.equal(auto, numpy) and numpy.dtype == torch.float64
+    on_torch = cs.clip_operator_norm(tensor, 6, 1.0, min_norm=low, iterations=2, backend="torch")
+    assert calls and isinstance(on_torch, torch.Tensor)
+    calls.clear()
+    from_numpy = cs.clip_operator_norm(kernel, 6, 1.0, min_norm=low, iterations=2, backend="torch")
+    assert calls and isinstance(from_numpy, np.ndarray) and from_numpy.dtype == kernel.dtype
+    assert torch.equal(torch.from_numpy(from_numpy), on_torch)
+    assert np.abs(from_numpy - auto.numpy()).max() <= 1e-12 * np.abs(kernel).max()
 
 
 def test_module_gives_a_new_weight_and_is_untouched():
@@ -396,6 +417,31 @@ def test_many_equals_one_by_one(rng):
         assert np.abs(result - one).max() <= 1e-13 * np.abs(kernel).max()
     inside = cs.clip_operator_norm_many([kernels[0] * 1e-3, kernels[1]], 8, 1.0)
     assert np.array_equal(inside[0], kernels[0] * 1e-3)
+
+
+def test_many_a_list_is_per_kernel_anything_else_is_for_all(rng):
+    """One rule for every per-kernel argument: a list gives one value per kernel, a tuple is one value for all."""
+    kernels = [rng.normal(size=(3, 2, 3, 3)) for _ in range(3)]
+    for_all = cs.clip_operator_norm_many(kernels, (8, 6), 1.0, stride=(2, 1), iterations=2)
+    for kernel, result in zip(kernels, for_all, strict=True):
+        one = cs.clip_operator_norm(kernel, (8, 6), 1.0, stride=(2, 1), iterations=2)
+        assert np.abs(result - one).max() <= 1e-13 * np.abs(kernel).max()
+    shapes, strides, highs, lows = [8, 6, (8, 6)], [2, 1, (2, 1)], [1.0, 0.5, 2.0], [None, 0.2, 0.5]
+    per_kernel = cs.clip_operator_norm_many(
+        kernels, shapes, highs, min_norm=lows, stride=strides, dilation=[1, 2, 1], iterations=2
+    )
+    for index, (kernel, result) in enumerate(zip(kernels, per_kernel, strict=True)):
+        one = cs.clip_operator_norm(
+            kernel,
+            shapes[index],
+            highs[index],
+            min_norm=lows[index],
+            stride=strides[index],
+            dilation=[1, 2, 1][index],
+            iterations=2,
+        )
+        assert np.abs(result - one).max() <= 1e-13 * np.abs(kernel).max()
+    assert not np.allclose(for_all[0], per_kernel[0])  # the two readings do differ
 
 
 @pytest.mark.parametrize(("stride", "groups"), [(1, 1), (2, 1), (1, 2)])
@@ -445,6 +491,7 @@ def test_report_matches_independent_measurements(rng):
         ({"iterations": 1.5}, cs.ParameterTypeError, ["iterations", "1.5"]),
         ({"method": "newton"}, cs.ParameterError, ["method", "alternating", "dykstra", "newton"]),
         ({"workers": 0}, cs.ParameterError, ["workers", "0"]),
+        ({"backend": "cuda"}, cs.ParameterError, ["backend", "'auto'", "'torch'", "'numpy'", "'cuda'"]),
     ],
 )
 def test_bad_arguments_name_the_parameter(kwargs, exception, words):
@@ -456,13 +503,28 @@ def test_bad_arguments_name_the_parameter(kwargs, exception, words):
         assert word in str(info.value)
 
 
-def test_many_rejects_mismatched_lists():
-    kernels = [np.ones((2, 2, 3, 3))] * 2
-    with pytest.raises(cs.ParameterError, match="input_shapes: expected one input size per kernel"):
-        cs.clip_operator_norm_many(kernels, [8], 1.0)
-    with pytest.raises(cs.ParameterError, match="max_norm: expected one bound per kernel"):
-        cs.clip_operator_norm_many(kernels, 8, [1.0, 2.0, 3.0])
-    with pytest.raises(cs.ParameterError, match="stride: expected one value per kernel"):
-        cs.clip_operator_norm_many(kernels, 8, 1.0, stride=[1, 2, 1])
-    with pytest.raises(cs.ParameterError, match="stride: expected a stride that divides"):
-        cs.clip_operator_norm_many(kernels, 9, 1.0, stride=[1, 2])
+@pytest.mark.parametrize(
+    ("arguments", "exception", "words"),
+    [
+        ({"input_shapes": [8]}, cs.ParameterError, ["input_shapes", "one value per kernel", "2 kernels", "length 1"]),
+        ({"max_norm": [1.0, 2.0, 3.0]}, cs.ParameterError, ["max_norm", "2 kernels", "length 3"]),
+        ({"min_norm": [0.1]}, cs.ParameterError, ["min_norm", "2 kernels", "length 1"]),
+        ({"stride": [1, 2, 1]}, cs.ParameterError, ["stride", "2 kernels", "length 3"]),
+        ({"layout": ["OIHW"]}, cs.ParameterError, ["layout", "2 kernels", "length 1"]),
+        ({"groups": [1, 1, 1]}, cs.ParameterError, ["groups", "2 kernels", "length 3"]),
+        (
+            {"max_norm": (1.0, 2.0)},
+            cs.ParameterTypeError,
+            ["max_norm", "(1.0, 2.0)", "a list gives one bound per kernel"],
+        ),
+        ({"min_norm": (0.1, 0.2)}, cs.ParameterTypeError, ["min_norm", "a list gives one bound per kernel"]),
+        ({"input_shapes": 9, "stride": [1, 2]}, cs.ParameterError, ["stride: expected a stride that divides"]),
+        ({"kernels": np.ones((2, 2, 3, 3))}, cs.ParameterTypeError, ["kernels", "list of kernels", "numpy.ndarray"]),
+    ],
+)
+def test_many_rejects_mismatched_arguments(arguments, exception, words):
+    call = {"kernels": [np.ones((2, 2, 3, 3))] * 2, "input_shapes": 8, "max_norm": 1.0, **arguments}
+    with pytest.raises(exception) as info:
+        cs.clip_operator_norm_many(call.pop("kernels"), call.pop("input_shapes"), call.pop("max_norm"), **call)
+    for word in words:
+        assert word in str(info.value)

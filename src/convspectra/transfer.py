@@ -28,6 +28,11 @@ FFT crops anything. Further savings:
   ``s_a`` equal alias blocks to one (the dropped copies only add zero singular values): a
   1x1 convolution, strided or not, is one SVD of the ``out x in`` matrix.
 
+The same plan serves the projection (:mod:`convspectra.projection`), which also needs the
+kernel's *support*, the distinct offsets ``dilation * t mod n`` its taps land on
+(:meth:`FrequencyPlan.support`), and the phases at those offsets (:meth:`FrequencyPlan.phases`
+with ``offsets``).
+
 Example:
     >>> import numpy as np
     >>> from convspectra.spec import parse_layer
@@ -54,7 +59,36 @@ import numpy as np
 from ._backend import is_tensor
 from .spec import ConvSpec
 
-__all__ = ["FrequencyPlan", "flat_weight"]
+__all__ = ["FrequencyPlan", "Support", "flat_weight"]
+
+
+@dataclass(frozen=True, eq=False)
+class Support:
+    """Where a kernel's taps land on the input grid: the distinct offsets ``dilation * t mod n``.
+
+    Taps of a kernel larger than the input (or dilated past it) can land on the same offset; the
+    operator only sees their sum there.
+
+    Attributes:
+        positions: ``(P, d)`` int64, the distinct offsets. Without a collision, the taps' own
+            offsets in row-major tap order (``P = taps``); with one, the distinct offsets sorted.
+        tap_to_position: ``(taps,)`` int64, the row of ``positions`` each tap lands on.
+        counts: ``(P,)`` int64, how many taps land on each position.
+    """
+
+    positions: np.ndarray
+    tap_to_position: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """Number of distinct positions ``P``."""
+        return len(self.positions)
+
+    @property
+    def collides(self) -> bool:
+        """Whether two taps land on the same position."""
+        return self.size < len(self.tap_to_position)
 
 
 @dataclass(frozen=True)
@@ -64,7 +98,8 @@ class FrequencyPlan:
     On an axis where the kernel has a single tap, every frequency has the same transfer
     matrix and the ``s_a`` aliases of that axis are equal blocks; such an axis is planned as
     one frequency (multiplicity ``m_a``) with one alias: the matrix without the repeated blocks
-    has the same non-zero singular values, and the rest are zeros.
+    has the same non-zero singular values, and the rest are zeros (see ``collapse_strided`` of
+    :meth:`create` for when the zeros matter).
 
     Attributes:
         spec: the layer.
@@ -81,13 +116,38 @@ class FrequencyPlan:
     real: bool
 
     @classmethod
-    def create(cls, spec: ConvSpec, *, real: bool) -> FrequencyPlan:
-        """Plan the frequencies of ``spec``; ``real`` enables the conjugate-pair saving."""
+    def create(cls, spec: ConvSpec, *, real: bool, collapse_strided: bool = True) -> FrequencyPlan:
+        """Plan the frequencies of ``spec``.
+
+        Args:
+            spec: the layer.
+            real: use the conjugate-pair saving (the kernel is real).
+            collapse_strided: also collapse single-tap axes that have a stride. Their ``s_a``
+                equal alias blocks make the matrix ``T_red Q`` with ``Q Q^H = I``: the same
+                non-zero singular values as ``T_red``, and clipping the *largest* ones commutes
+                with ``Q``. Raising the *smallest* ones (the projection's ``min_norm`` band)
+                also raises the extra zero singular values and does not commute, so the band
+                projection plans with ``collapse_strided=False``. Unstrided single-tap axes are
+                always collapsed.
+
+        Returns:
+            The plan.
+
+        Example:
+            >>> from convspectra.spec import parse_layer
+            >>> spec, _ = parse_layer(np.ones((2, 2, 1, 3)), 8, stride=2)
+            >>> plan = FrequencyPlan.create(spec, real=True)
+            >>> plan.grid, plan.stride, plan.collapsed_multiplicity
+            ((1, 4), (1, 2), 4)
+            >>> FrequencyPlan.create(spec, real=True, collapse_strided=False).grid
+            (4, 4)
+        """
         grid, stride, collapsed = [], [], 1
         for k, m, s in zip(spec.kernel_size, spec.output_shape, spec.stride, strict=True):
-            grid.append(1 if k == 1 else m)
-            stride.append(1 if k == 1 else s)
-            collapsed *= m if k == 1 else 1
+            collapse = k == 1 and (s == 1 or collapse_strided)
+            grid.append(1 if collapse else m)
+            stride.append(1 if collapse else s)
+            collapsed *= m if collapse else 1
         return cls(spec, tuple(grid), tuple(stride), collapsed, real)
 
     @property
@@ -134,6 +194,26 @@ class FrequencyPlan:
         frequency ``g + j * grid`` is folded onto the output frequency ``g``."""
         return np.stack(np.unravel_index(np.arange(self.aliases), self.stride), axis=1).astype(np.int64)
 
+    def support(self) -> Support:
+        """The distinct offsets ``dilation * t mod n`` of the taps on :attr:`input_grid`.
+
+        On collapsed axes the input grid has one point and every offset is 0 (a single tap).
+
+        Example:
+            >>> from convspectra.spec import parse_layer
+            >>> spec, _ = parse_layer(np.ones((1, 1, 5)), 3)      # 5 taps on 3 points
+            >>> support = FrequencyPlan.create(spec, real=True).support()
+            >>> support.positions.ravel().tolist(), support.tap_to_position.tolist(), support.counts.tolist()
+            ([0, 1, 2], [0, 1, 2, 0, 1], [2, 2, 1])
+        """
+        offsets = (self.tap_offsets() * np.asarray(self.spec.dilation, dtype=np.int64)) % np.asarray(
+            self.input_grid, dtype=np.int64
+        )
+        unique, tap_to_position, counts = np.unique(offsets, axis=0, return_inverse=True, return_counts=True)
+        if len(unique) == len(offsets):  # no collision: keep the taps' order
+            return Support(offsets, np.arange(len(offsets), dtype=np.int64), np.ones(len(offsets), dtype=np.int64))
+        return Support(unique, tap_to_position.reshape(-1).astype(np.int64), counts.astype(np.int64))
+
     def representatives(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Frequencies with row-major index in ``[start, stop)`` that represent their class.
 
@@ -157,27 +237,38 @@ class FrequencyPlan:
         step = max(1, per_chunk) * (2 if self.real else 1)
         return [(start, min(self.size, start + step)) for start in range(0, self.size, step)]
 
-    def phases(self, freqs: np.ndarray) -> np.ndarray:
-        """Phase table ``(B * aliases, taps)`` complex128, scaled by S^(-1/2).
+    def phases(self, freqs: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+        """Phase table ``(B * aliases, P)`` complex128, scaled by S^(-1/2).
 
-        Row ``b * S + j`` holds ``exp(2 pi i sum_a f_a delta_a t_a / n_a) / sqrt(S)`` for the
-        input frequency ``f = freqs[b] + j * m`` (j in row-major order over the strides);
-        column ``t`` is the kernel tap ``t`` (row-major over the kernel's spatial axes).
+        Row ``b * S + j`` holds ``exp(2 pi i sum_a f_a r_a / n_a) / sqrt(S)`` for the input
+        frequency ``f = freqs[b] + j * m`` (j in row-major order over the strides) and the
+        input-grid offset ``r = offsets[p]``. The products ``f_a r_a`` are reduced modulo ``n_a``
+        in integers, then the n-th roots of unity are looked up: exact whatever the offsets.
+
+        Args:
+            freqs: ``(B, d)`` int64 output frequencies (grid coordinates).
+            offsets: ``(P, d)`` integer offsets on the input grid; default the dilated taps
+                ``dilation * t`` in row-major tap order (``P = taps``), e.g.
+                ``support().positions`` for the distinct offsets of the support.
+
+        Returns:
+            The table; column ``p`` belongs to ``offsets[p]``.
         """
-        spec = self.spec
+        if offsets is None:
+            offsets = self.tap_offsets() * np.asarray(self.spec.dilation, dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64)
         aliases = self.alias_shifts()
-        taps = self.tap_offsets()
         grid = np.asarray(self.grid, dtype=np.int64)
         n = np.asarray(self.input_grid, dtype=np.int64)
         f = freqs[:, None, :] + aliases[None, :, :] * grid  # (B, S, d)
-        phases = np.full((f.shape[0], f.shape[1], taps.shape[0]), 1 / math.sqrt(self.aliases), dtype=np.complex128)
-        for axis in range(spec.ndim):  # exact integer reduction, then a lookup of the n-th roots of unity
-            if spec.kernel_size[axis] == 1:
-                continue  # a single tap at offset 0: phase 1
-            step = (f[..., axis, None] * (spec.dilation[axis] * taps[:, axis])) % n[axis]
+        phases = np.full((f.shape[0], f.shape[1], len(offsets)), 1 / math.sqrt(self.aliases), dtype=np.complex128)
+        for axis in range(self.spec.ndim):  # exact integer reduction, then a lookup of the n-th roots of unity
+            if not offsets[:, axis].any():
+                continue  # every offset 0 on this axis (a single tap): phase 1
+            step = (f[..., axis, None] * offsets[:, axis]) % n[axis]
             roots = np.exp((2j * np.pi / n[axis]) * np.arange(n[axis]))
             phases *= roots[step]
-        return phases.reshape(-1, taps.shape[0])
+        return phases.reshape(-1, len(offsets))
 
     def block_layout(self, matrices: Any, batch: int) -> Any:
         """(B*S, G*a*b0) -> (B*G, a, S*b0): gather the aliased frequencies into columns."""
