@@ -1,4 +1,4 @@
-"""``convspectra train``: the paper's Section 4.2 experiment (ResNet training with operator-norm projection)."""
+"""``convspectra reproduce figures2-3`` (alias ``train``): the paper's Section 4.2 training runs and Figures 2-3."""
 
 from __future__ import annotations
 
@@ -6,24 +6,25 @@ import argparse
 import logging
 import sys
 
-from . import positive_int
+from .._common import non_negative_float, positive_int
 
-__all__ = ["register"]
+__all__ = ["DESCRIPTION", "HELP", "add_options", "run"]
 
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite non-negative number, got {text!r}")
-    return value
+HELP = "train CIFAR ResNets with periodic operator-norm projection (the paper's Section 4.2), resumably"
+DESCRIPTION = (
+    "Train a CIFAR ResNet (default: ResNet-32 on CIFAR-10 with the He et al. schedule) in several "
+    "arms and paired seeds: baseline, projection of every convolution onto the operator-norm ball of radius C "
+    "every --project-every steps (clip=C), and the L1 penalty of Proposition 11 (l1=LAMBDA). Each run "
+    "checkpoints every epoch under OUT/<arm>/seed<seed>/; re-running the same command resumes exactly where "
+    "a killed run stopped. Finishes with a summary (test error mean +- std per arm, paired difference to the "
+    "baseline) in OUT/summary.json and OUT/summary.md, and plots like the paper's Figures 2-3 when matplotlib "
+    "is installed."
+)
 
 
 def _arm(text: str) -> object:
-    from ..errors import ParameterError
-    from ..experiments.training import parse_arm
+    from ...errors import ParameterError
+    from ...experiments.training import parse_arm
 
     try:
         return parse_arm(text)
@@ -31,21 +32,10 @@ def _arm(text: str) -> object:
         raise argparse.ArgumentTypeError(str(err).split(": ", 1)[1]) from None
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    """Add the ``train`` subcommand."""
-    from ..experiments.training import PAPER_ARMS
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the training experiment."""
+    from ...experiments.training import PAPER_ARMS  # torch-free: parse_arm and the arms need no torch
 
-    parser = commands.add_parser(
-        "train",
-        help="train CIFAR ResNets with periodic operator-norm projection (the paper's Section 4.2), resumably",
-        description="Train a CIFAR ResNet (default: ResNet-32 on CIFAR-10 with the He et al. schedule) in several "
-        "arms and paired seeds: baseline, projection of every convolution onto the operator-norm ball of radius C "
-        "every --project-every steps (clip=C), and the L1 penalty of Proposition 11 (l1=LAMBDA). Each run "
-        "checkpoints every epoch under OUT/<arm>/seed<seed>/; re-running the same command resumes exactly where "
-        "a killed run stopped. Finishes with a summary (test error mean +- std per arm, paired difference to the "
-        "baseline) in OUT/summary.json and OUT/summary.md, and plots like the paper's Figures 2-3 when matplotlib "
-        "is installed.",
-    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=("cifar10", "fashion-mnist"), default="cifar10", help="default cifar10")
     data.add_argument(
@@ -63,9 +53,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--milestones", type=positive_int, nargs="+", help="epochs where lr is divided by 10 (default 50%% and 75%%)"
     )
     schedule.add_argument("--batch-size", type=positive_int, default=128, help="default 128")
-    schedule.add_argument("--lr", type=_non_negative_float, default=0.1, help="initial learning rate (default 0.1)")
-    schedule.add_argument("--momentum", type=_non_negative_float, default=0.9, help="default 0.9")
-    schedule.add_argument("--weight-decay", type=_non_negative_float, default=1e-4, help="default 1e-4")
+    schedule.add_argument("--lr", type=non_negative_float, default=0.1, help="initial learning rate (default 0.1)")
+    schedule.add_argument("--momentum", type=non_negative_float, default=0.9, help="default 0.9")
+    schedule.add_argument("--weight-decay", type=non_negative_float, default=1e-4, help="default 1e-4")
     schedule.add_argument("--no-augment", action="store_true", help="no random crop + flip")
     arms = parser.add_argument_group("arms and seeds")
     arms.add_argument(
@@ -78,21 +68,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     arms.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="paired seeds (default 0 1 2)")
     arms.add_argument("--project-every", type=positive_int, default=100, help="steps between projections (100)")
-    run = parser.add_argument_group("running")
-    run.add_argument("--out", required=True, help="output folder (runs, checkpoints, logs, summary, plots)")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA if available")
-    run.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    run.add_argument("--threads", type=positive_int, help="torch CPU threads")
-    run.add_argument("--nondeterministic", action="store_true", help="allow nondeterministic (faster) kernels")
-    run.add_argument("--max-epochs", type=positive_int, help="stop every run after this many epochs of this call")
-    run.add_argument("--progress", action="store_true", help="progress bars (tqdm or rich, when installed)")
-    run.add_argument("--summary-only", action="store_true", help="only summarise the runs already in --out")
-    parser.set_defaults(handler=run_command)
+    running = parser.add_argument_group("running")
+    running.add_argument("--out", required=True, help="output folder (runs, checkpoints, logs, summary, plots)")
+    running.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA if available")
+    running.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    running.add_argument("--threads", type=positive_int, help="torch CPU threads")
+    running.add_argument("--nondeterministic", action="store_true", help="allow nondeterministic (faster) kernels")
+    running.add_argument("--max-epochs", type=positive_int, help="stop every run after this many epochs of this call")
+    running.add_argument(
+        "--progress", action="store_true", help="a progress bar with an ETA on stderr (tqdm or rich, when installed)"
+    )
+    running.add_argument("--summary-only", action="store_true", help="only summarise the runs already in --out")
 
 
-def run_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Train the requested runs (resuming unfinished ones), then summarise everything in ``--out``."""
-    from ..experiments.training import PAPER_ARMS, TrainConfig, parse_arm, run_experiment
+    from ...experiments.summary import summarize, write_summary
+    from ...experiments.training import PAPER_ARMS, TrainConfig, parse_arm, run_experiment
+    from .._progress import progress_bar
 
     arms = args.arms if args.arms is not None else [parse_arm(a) for a in PAPER_ARMS]
     if not args.summary_only:
@@ -117,9 +110,15 @@ def run_command(args: argparse.Namespace) -> int:
             threads=args.threads,
         )
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-        run_experiment(config, arms, args.seeds, args.out, progress=args.progress, max_epochs=args.max_epochs)
-    from ..experiments.summary import summarize, write_summary
-
+        with progress_bar("training", enabled=args.progress) as progress:
+            run_experiment(  # progress: the callback (or None) of the consolidated runner
+                config,
+                arms,
+                args.seeds,
+                args.out,
+                progress=progress,  # type: ignore[arg-type,unused-ignore]
+                max_epochs=args.max_epochs,
+            )
     summary = summarize(args.out)
     paths = write_summary(summary, args.out)
     print(summary.to_markdown())
