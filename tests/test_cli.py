@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import importlib.util
+import io
 import json
+import re
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
 
 from convspectra import __version__
@@ -69,3 +76,205 @@ def test_unwritable_json_path_is_refused_before_any_work(tmp_path, capsys):
     assert captured.out == ""
     assert captured.err.startswith("convspectra: error: argument --json:") and captured.err.count("\n") == 1
     assert "missing" in captured.err
+
+
+# ---------------------------------------------------------------- reproduce: one verb for the paper, and its aliases
+
+
+def _error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("convspectra: error: "), captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err  # one line
+    return captured.err
+
+
+def _help(argv, capsys) -> str:
+    assert main([*argv, "--help"]) == 0
+    return capsys.readouterr().out
+
+
+def _options(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])--[a-z0-9][a-z0-9-]*", text)) - {"--help"}
+
+
+@pytest.mark.parametrize(
+    ("alias", "verb"), [(["bench", "figure1"], ["reproduce", "figure1"]), (["train"], ["reproduce", "figures2-3"])]
+)
+def test_aliases_have_the_options_of_reproduce_and_say_they_are_aliases(alias, verb, capsys):
+    alias_help, verb_help = (" ".join(_help(argv, capsys).split()) for argv in (alias, verb))
+    assert f"Alias of 'convspectra {' '.join(verb)}'" in alias_help
+    assert _options(alias_help) == _options(verb_help) and len(_options(verb_help)) >= 8
+    assert f"alias of 'convspectra {' '.join(verb)}'" in " ".join(_help([], capsys).split())  # convspectra --help
+
+
+def test_reproduce_lists_the_three_experiments(capsys):
+    text = _help(["reproduce"], capsys)
+    assert all(name in text for name in ("figure1", "figures2-3", "figure4"))
+
+
+def test_reproduce_figure1_quick_writes_the_rows(tmp_path, capsys):
+    argv = ["reproduce", "figure1", "--quick", "--channels-3x3", "1", "--channels-11x11", "1", "--repeats", "1"]
+    assert main([*argv, "--device", "cpu", "--csv", "-", "--plot", str(tmp_path / "f1.svg")]) == 0
+    captured = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(captured.out)))  # stdout carries the CSV alone; the log is on stderr
+    assert {(row["panel"], row["channels"]) for row in rows} == {("3x3@16x16", "1"), ("11x11@64x64", "1")}
+    ours = [row for row in rows if row["method"] == "convspectra (CPU)"]
+    assert len(ours) == 2 and all(row["status"] == "ok" and float(row["max_error"]) < 1e-12 for row in ours)
+    assert "machine:" in captured.err and (tmp_path / "f1-3x3-16x16.svg").read_text().startswith("<svg")
+
+
+def test_reproduce_figures2_3_trains_and_the_train_alias_reads_the_same_runs(tmp_path, capsys):
+    from convspectra.experiments.datasets import write_synthetic_idx
+
+    write_synthetic_idx(tmp_path / "data", train=16, test=8, gzip_files=True, size=12)
+    out = tmp_path / "out"
+    argv = ["reproduce", "figures2-3", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"), "--depth",
+            "8", "--epochs", "1", "--batch-size", "8", "--arms", "baseline", "--seeds", "0", "--device", "cpu",
+            "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    trained = capsys.readouterr().out
+    assert "| baseline | 0 |" in trained and (out / "baseline" / "seed0" / "checkpoint.pt").is_file()
+    assert main(["train", "--out", str(out), "--summary-only"]) == 0
+    assert "| baseline | 0 |" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())
+
+
+# ---------------------------------------------------------------- output files: checked before any work
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make every command's work fail loudly: a refused output must be refused before any of it."""
+    import convspectra.analysis
+    import convspectra.commands._models
+    import convspectra.commands.spectrum
+    import convspectra.demo
+    import convspectra.experiments.figure1
+    import convspectra.experiments.training
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the command started working before checking its outputs")
+
+    monkeypatch.setattr(convspectra.analysis, "spectral_report", boom)
+    monkeypatch.setattr(convspectra.commands._models, "resolve_model", boom)
+    monkeypatch.setattr(convspectra.commands.spectrum, "load_kernel", boom)
+    monkeypatch.setattr(convspectra.demo, "run_demo", boom)
+    monkeypatch.setattr(convspectra.experiments.figure1, "run_figure1", boom)
+    monkeypatch.setattr(convspectra.experiments.training, "run_experiment", boom)
+
+
+BAD_OUTPUTS = [
+    (["report", "resnet20", "--plot", "x.xyz"], "ending in .png, .svg or .pdf, got 'x.xyz'"),
+    (["report", "resnet20", "--plot-norms", "norms.jpg"], "--plot-norms: expected a file name ending in .png"),
+    (["report", "resnet20", "--plot", "MISSING/f.png"], "does not exist"),
+    (["report", "resnet20", "--plot", "-"], "cannot go to stdout"),
+    (["report", "resnet20", "--json", "-", "--csv", "-"], "--json, --csv: expected at most one output on stdout"),
+    (["report", "resnet20", "--json", "MISSING/r.json"], "argument --json: expected a file in an existing folder"),
+    (["report", "resnet20", "--csv", "."], "a folder"),
+    (["reproduce", "figure4", "--observations", "MISSING/o.json"], "argument --observations"),
+    (["reproduce", "figure4", "--json", "-", "--observations", "-"], "--json, --observations: expected at most one"),
+    (["reproduce", "figure4", "--plot", "f4.gif"], "ending in .png, .svg or .pdf"),
+    (["spectrum", "k.npy", "--input-shape", "8", "--json", "MISSING/s.json"], "argument --json"),
+    (["demo", "--json", "MISSING/d.json"], "argument --json"),
+    (["reproduce", "figure1", "--plot", "f1.pdf"], "ending in .svg or .png"),
+    (["bench", "figure1", "--csv", "-", "--json", "-"], "--csv, --json: expected at most one output on stdout"),
+    (["reproduce", "figure1", "--json", "MISSING/f1.json"], "argument --json"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_OUTPUTS)
+def test_bad_outputs_are_refused_before_any_work(argv, message, no_work, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    assert main(argv) == 2
+    assert time.perf_counter() - start < 5
+    assert message in _error_line(capsys)
+
+
+def test_plots_without_matplotlib_are_refused_before_any_work(no_work, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # find_spec then raises ValueError...
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real_find_spec(name, *a)
+    )
+    assert main(["report", "resnet20", "--plot", "f.png"]) == 2
+    assert 'needs matplotlib, which is not installed: pip install "convspectra[plot]"' in _error_line(capsys)
+    assert main(["reproduce", "figure1", "--plot", "f1.png"]) == 2
+    assert "needs matplotlib" in _error_line(capsys)
+
+
+# ---------------------------------------------------------------- spectrum of a .npy file: no torch
+
+
+def test_spectrum_of_a_npy_file_never_imports_torch(tmp_path):
+    kernel = np.random.default_rng(0).normal(size=(3, 2, 3, 3))
+    np.save(tmp_path / "k.npy", kernel)
+    script = (
+        "import sys\n"
+        "from convspectra.cli import main\n"
+        f"assert main(['spectrum', {str(tmp_path / 'k.npy')!r}, '--input-shape', '6', '6', '--json', "
+        f"{str(tmp_path / 's.json')!r}]) == 0\n"
+        f"assert main(['spectrum', {str(tmp_path / 'k.npy')!r}, '--input-shape', '6', '--padding', '1']) == 0\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("torch imported: False"), done.stdout
+    assert "in certified [" in done.stdout
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["spectrum"][0] == data["sigma_max"] and len(data["spectrum"]) == 2 * 36
+
+
+# ---------------------------------------------------------------- the progress bar
+
+
+def test_progress_bar_shows_the_label_and_an_eta_on_stderr(capsys):
+    pytest.importorskip("tqdm", reason="tqdm not installed")
+    from convspectra.commands._progress import progress_bar
+
+    with progress_bar("layers", enabled=True) as progress:
+        assert progress is not None
+        for done, name in enumerate(["conv1", "layer1.0.conv1", "linear"], start=1):
+            time.sleep(0.15)  # tqdm redraws at most every 0.1 s
+            progress(done, 3, name)
+        progress(1, 2, "epoch 2")  # a new phase starts the bar again
+    captured = capsys.readouterr()
+    assert captured.out == ""  # never on stdout, which may carry --json -
+    assert "layers" in captured.err and "linear" in captured.err and "3/3" in captured.err
+    assert re.search(r"\d\d:\d\d<\d\d:\d\d", captured.err)  # elapsed<remaining: the ETA
+
+
+def test_progress_bar_falls_back_to_rich_then_to_nothing(monkeypatch, capsys):
+    from convspectra.commands._progress import progress_bar
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    if importlib.util.find_spec("rich") is not None:
+        with progress_bar("layers", enabled=True) as progress:
+            assert progress is not None and type(progress).__name__ == "_Rich"
+            progress(1, 2, "conv1")
+            progress(2, 2, "linear")
+        assert capsys.readouterr().out == ""
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setitem(sys.modules, "rich.progress", None)
+    monkeypatch.setitem(sys.modules, "rich.console", None)
+    with progress_bar("layers", enabled=True) as progress:
+        assert progress is None
+    with progress_bar("layers") as progress:  # stderr is captured here, not a terminal: no bar by default
+        assert progress is None
+
+
+def test_report_draws_its_progress_through_the_adapter(monkeypatch, capsys):
+    from convspectra.commands import _progress
+
+    seen = []
+
+    @contextlib.contextmanager
+    def recording(description, *, enabled=None):
+        yield lambda done, total, label: seen.append((done, total, label))
+
+    monkeypatch.setattr(_progress, "progress_bar", recording)
+    assert main(["report", "resnet20", "--input-shape", "3", "8", "8", "--quiet"]) == 0
+    assert seen[0] == (1, 20, "conv1") and seen[-1] == (20, 20, "linear")

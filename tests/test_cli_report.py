@@ -15,7 +15,7 @@ import convspectra as cs
 from conftest import assert_spectrum_matches, pretrained_checkpoint
 from convspectra.analysis import validate_report
 from convspectra.cli import main
-from convspectra.models import load_weights, resnet20
+from convspectra.models import load_weights, resnet20, resnet32
 
 SMALL = ["--input-shape", "3", "8", "8"]  # the CIFAR ResNets run on any size divisible by 4: keep tests fast
 
@@ -172,7 +172,6 @@ def test_spectrum_of_npy_and_pt_kernels_matches_the_oracle(tmp_path, capsys):
     assert "expected" in _error(capsys)
 
 
-@pytest.mark.skipif(not hasattr(cs, "operator_norm_bounds"), reason="needs operator_norm (issue 3, not merged yet)")
 def test_spectrum_zero_padding_bracket(tmp_path, capsys):
     kernel = np.random.default_rng(1).normal(size=(2, 2, 3, 3))
     np.save(tmp_path / "k.npy", kernel)
@@ -193,18 +192,73 @@ def test_reproduce_figure4_states_the_observations(tmp_path, capsys):
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
-def test_reproduce_figure4_without_weights_says_where_it_looked(tmp_path, monkeypatch, capsys):
+def test_reproduce_figure4_without_weights_says_how_to_set_the_data_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CONVSPECTRA_DATA", raising=False)
     assert main(["reproduce", "figure4"]) == 2
-    assert "--weights" in _error(capsys)
+    message = _error(capsys)
+    assert "--weights" in message and "CONVSPECTRA_DATA (not set)" in message and "export CONVSPECTRA_DATA=" in message
+    monkeypatch.setenv("CONVSPECTRA_DATA", str(tmp_path))
+    assert main(["reproduce", "figure4"]) == 2
+    assert repr(str(tmp_path)) in _error(capsys)
 
 
-def test_progress_bar_draws_on_stderr_when_asked(capsys):
-    pytest.importorskip("rich", reason="rich not installed (report extra)")
-    from convspectra.commands._progress import layer_progress
+def test_reproduce_figure4_finds_the_checkpoint_in_the_data_folder(tmp_path, monkeypatch, capsys):
+    weights = pretrained_checkpoint(20)
+    monkeypatch.setenv("CONVSPECTRA_DATA", str(weights.parent))
+    monkeypatch.chdir(tmp_path)
+    argv = ["reproduce", "figure4", "--model", "resnet20", "--input-shape", "3", "8", "8", "--plot", ""]
+    assert main([*argv, "--observations", "-"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["layers"]) == 19  # stdout carries the JSON alone
+    assert str(weights) in captured.err and "Largest operator norms" in captured.err
+    assert list(tmp_path.iterdir()) == []  # --plot '' turns the default figure4.png off
 
-    with layer_progress("layers", enabled=True) as progress:
-        progress(1, 2, "conv1")
-        progress(2, 2, "linear")
-    assert capsys.readouterr().out == ""  # never on stdout, which may carry --json -
+
+def test_report_weights_and_spectrum_key_read_checkpoints_the_same_way(tmp_path, capsys):
+    torch.manual_seed(2)
+    model = resnet20()
+    path = tmp_path / "wrapped.pth"  # a DataParallel + torch.compile checkpoint inside a Lightning-style wrapper
+    torch.save({"epoch": 3, "state_dict": {"module._orig_mod." + k: v for k, v in model.state_dict().items()}}, path)
+    assert main(["report", "resnet20", *SMALL, "--weights", str(path), "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    argv = ["spectrum", str(path), "--key", "layer2.0.conv1.weight", "--input-shape", "8", "8", "--stride", "2"]
+    assert main([*argv, "--json", "-"]) == 0
+    spectrum = json.loads(capsys.readouterr().out)
+    layer = next(layer for layer in report["layers"] if layer["name"] == "layer2.0.conv1")
+    assert (
+        spectrum["sigma_max"] == layer["sigma_max"] and spectrum["num_singular_values"] == layer["num_singular_values"]
+    )
+    assert_spectrum_matches(
+        np.array(spectrum["spectrum"]), model.layer2[0].conv1.weight.detach().double(), (8, 8), stride=2
+    )
+    assert main(["spectrum", str(path), "--key", "conv9.weight", "--input-shape", "8"]) == 2
+    message = _error(capsys)
+    assert "conv9.weight" in message and "conv1.weight" in message  # the names, as the model has them
+
+
+def test_spectrum_of_a_tensor_in_the_pretrained_checkpoint(capsys):
+    weights = pretrained_checkpoint(32)
+    kernel = load_weights(resnet32(), weights).conv1.weight.detach().double()
+    assert main(["spectrum", str(weights), "--key", "conv1.weight", "--input-shape", "32", "32", "--json", "-"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["kernel_shape"] == [16, 3, 3, 3]
+    np.testing.assert_array_equal(np.array(data["spectrum"]), cs.singular_values(kernel, (32, 32)))
+    assert main(["spectrum", str(weights), "--key", "conv1.weight", "--input-shape", "8", "--json", "-"]) == 0
+    assert_spectrum_matches(np.array(json.loads(capsys.readouterr().out)["spectrum"]), kernel, (8, 8))
+    assert main(["spectrum", str(weights), "--input-shape", "8"]) == 2  # a state dict needs --key
+    assert "conv1.weight" in _error(capsys)
+
+
+def test_spectrum_of_safetensors_and_single_tensor_files(tmp_path, capsys):
+    kernel = torch.from_numpy(np.random.default_rng(3).normal(size=(3, 2, 3, 3)))
+    torch.save(kernel, tmp_path / "k.pt")
+    assert main(["spectrum", str(tmp_path / "k.pt"), "--input-shape", "5", "--json", "-"]) == 0
+    assert_spectrum_matches(np.array(json.loads(capsys.readouterr().out)["spectrum"]), kernel, (5, 5))
+    assert main(["spectrum", str(tmp_path / "k.pt"), "--key", "w", "--input-shape", "5"]) == 2
+    assert "single tensor" in _error(capsys)
+    safetensors = pytest.importorskip("safetensors.torch", reason="safetensors not installed (report extra)")
+    safetensors.save_file({"module.conv.weight": kernel.contiguous()}, str(tmp_path / "k.safetensors"))
+    argv = ["spectrum", str(tmp_path / "k.safetensors"), "--key", "conv.weight", "--input-shape", "5", "--json", "-"]
+    assert main(argv) == 0
+    assert_spectrum_matches(np.array(json.loads(capsys.readouterr().out)["spectrum"]), kernel, (5, 5))

@@ -8,7 +8,8 @@ import importlib.util
 import io
 import json
 import math
-import types
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -34,11 +35,6 @@ from convspectra.analysis import (
 )
 from convspectra.errors import ParameterError, ParameterTypeError
 from convspectra.models import load_weights, resnet20, resnet32
-
-HAS_OPERATOR_NORM = hasattr(cs, "operator_norm") and hasattr(cs, "operator_norm_bounds")
-needs_operator_norm = pytest.mark.skipif(
-    not HAS_OPERATOR_NORM, reason="needs convspectra.operator_norm/operator_norm_bounds (issue 3, not merged yet)"
-)
 
 
 def _randomise_batchnorms(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -276,7 +272,6 @@ def test_pretrained_resnet32_batchnorm_folding_matches_the_model(pretrained32):
         torch.testing.assert_close(mine, outputs[layer.folded_batchnorm], rtol=1e-4, atol=1e-4)
 
 
-@needs_operator_norm
 def test_pretrained_resnet32_zero_padded_norms_lie_in_their_brackets():
     # Every conv of the pretrained network with its own zero padding. Input 16x16 (maps 16, 8, 4) keeps the
     # iterative solver's share of the test short; the 32x32 figure is measured in docs/report.md.
@@ -401,18 +396,16 @@ def test_bound_unavailable_for_unknown_operations_says_why():
 # ---------------------------------------------------------------- exports, schema, plots
 
 
-def test_json_validates_against_the_schema_with_both_validators(mixed_report):
+def test_json_validates_against_the_schema(mixed_report):
     _, report = mixed_report
     document = json.loads(report.to_json())
-    validate_report(document, use_jsonschema=False)
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema not installed (test extra)")
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema not installed (report extra)")
     jsonschema.Draft202012Validator.check_schema(REPORT_SCHEMA)
-    validate_report(document, use_jsonschema=True)
+    validate_report(document)
     assert document["layers"][0]["spectrum"] == report.layers[0].spectrum.tolist()
     assert json.loads(report.to_json(include_spectra=False))["layers"][0]["spectrum"] is None
 
 
-@pytest.mark.parametrize("use_jsonschema", [False, True])
 @pytest.mark.parametrize(
     ("edit", "where"),
     [
@@ -424,13 +417,18 @@ def test_json_validates_against_the_schema_with_both_validators(mixed_report):
         (lambda d: d["network_bound"].__setitem__("value", "big"), "value"),
     ],
 )
-def test_schema_rejects_broken_documents(mixed_report, edit, where, use_jsonschema):
-    if use_jsonschema:
-        pytest.importorskip("jsonschema", reason="jsonschema not installed (test extra)")
+def test_schema_rejects_broken_documents(mixed_report, edit, where):
+    pytest.importorskip("jsonschema", reason="jsonschema not installed (report extra)")
     document = mixed_report[1].to_dict()
     edit(document)
-    with pytest.raises(ParameterError, match=where if not use_jsonschema else None):
-        validate_report(document, use_jsonschema=use_jsonschema)
+    with pytest.raises(ParameterError, match=where):
+        validate_report(document)
+
+
+def test_validation_without_jsonschema_says_how_to_install_it(mixed_report, monkeypatch):
+    monkeypatch.setitem(sys.modules, "jsonschema", None)
+    with pytest.raises(ImportError, match=re.escape('pip install "convspectra[report]"')):
+        validate_report(mixed_report[1].to_dict())
 
 
 def test_csv_round_trips_every_value(mixed_report, tmp_path):
@@ -559,24 +557,26 @@ def test_stride_that_does_not_divide_the_input_is_a_note_not_a_crash():
     validate_report(report.to_dict())
 
 
-def test_model_padding_columns_are_wired_to_operator_norm(monkeypatch, tmp_path):
-    """The "model" columns come from operator_norm/operator_norm_bounds(padding="module") and feed the bound."""
+def test_model_padding_columns_are_wired_to_operator_norm_bounds(monkeypatch, tmp_path):
+    """The "model" columns come from one operator_norm_bounds(padding="module") call per conv and feed the bound."""
     seen = []
 
-    def fake_norm(module, size, *, padding):
-        seen.append((type(module).__name__, tuple(size), padding, module.weight.dtype))
-        return torch.tensor(2.0, dtype=torch.float64)
-
     def fake_bounds(module, size, *, padding):
-        return types.SimpleNamespace(lower=1.5, upper=2.5, gap=1.0)
+        seen.append((type(module).__name__, tuple(size), padding, module.weight.dtype))
+        return cs.NormBounds(lower=1.5, upper=2.5, value=2.0, converged=len(seen) == 1, method="fake")
 
-    monkeypatch.setattr(cs, "operator_norm", fake_norm, raising=False)
-    monkeypatch.setattr(cs, "operator_norm_bounds", fake_bounds, raising=False)
+    def no_second_solve(*args, **kwargs):
+        raise AssertionError("the bracket carries the value: operator_norm must not be called again")
+
+    monkeypatch.setattr(cs, "operator_norm_bounds", fake_bounds)
+    monkeypatch.setattr(cs, "operator_norm", no_second_solve)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, stride=2), nn.Flatten())
     report = spectral_report(model, (2, 8, 8), padding="model", full_spectrum=True)
     assert seen == [("Conv2d", (8, 8), "module", torch.float64), ("Conv2d", (8, 8), "module", torch.float64)]
     for layer in report.layers:
         assert (layer.sigma_max_model_lower, layer.sigma_max_model, layer.sigma_max_model_upper) == (1.5, 2.0, 2.5)
+    assert report.layers[0].note is None
+    assert "stopped at its budget" in report.layers[1].note and "lower bound" in report.layers[1].note
     assert report.network_bound.value == pytest.approx(2.5 * 2.5) and report.network_bound.padding == "model"
     assert "2.0000 in [1.5000, 2.5000]" in report.to_table() and "own padding" in report.to_table()
     validate_report(json.loads(report.to_json()))

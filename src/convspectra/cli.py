@@ -1,8 +1,9 @@
 """Command line: ``convspectra COMMAND ...`` (see ``convspectra --help``).
 
 A thin layer over the library: it parses arguments, calls it, and formats what comes back.
-Subcommands live in :mod:`convspectra.commands`, one module each. Bad input exits with status 2
-and a one-line message naming the problem, never a traceback.
+Subcommands live in :mod:`convspectra.commands`, one module each. Output files are checked while
+the arguments are parsed, before any work. Bad input exits with status 2 and a one-line message
+naming the problem, never a traceback.
 
 Example:
     >>> from convspectra.cli import main
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .commands import COMMANDS
+from .commands._common import check_outputs
 from .errors import ConvSpectraError
 
 __all__ = ["main"]
@@ -43,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status (0: done, 2: bad input, reported in one line on stderr).
+
+    Args:
+        argv: the arguments without the program name (default: ``sys.argv[1:]``).
+    """
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -56,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_outputs(args)
         return int(args.handler(args))
     except (ConvSpectraError, OSError, ImportError) as err:
         print(f"convspectra: error: {err}", file=sys.stderr)

@@ -23,16 +23,16 @@ Example:
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._backend import conv_module_types, is_transposed_module, module_geometry
 from ..errors import ParameterError, ParameterTypeError
 
 __all__ = ["batchnorm_scale", "fold_batchnorm"]
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -91,14 +91,17 @@ def fold_batchnorm(layer: nn.Module, bn: nn.Module) -> nn.Module:
         >>> folded.bias.tolist()
         [0.0, 0.0]
     """
-    if not isinstance(layer, (*_CONV, *_TRANSPOSED, nn.Linear)):
+    forward, transposed_types = conv_module_types()
+    if not isinstance(layer, (*forward, *transposed_types, nn.Linear)):
         raise ParameterTypeError(
             f"layer: expected a torch.nn.Conv1d/2d/3d, ConvTranspose1d/2d/3d or Linear, got {type(layer).__name__}"
         )
     scale, shift = batchnorm_scale(bn)
-    weight = layer.weight.detach()
-    if isinstance(layer, _TRANSPOSED):  # weight (in, out/groups, k...): output channel g*(out/groups) + j
-        groups = layer.groups
+    module: Any = layer  # one of the types above (checked at run time: the tuple is built at run time)
+    weight = module.weight.detach()
+    transposed = is_transposed_module(module)
+    if transposed:  # weight (in, out/groups, k...): output channel g*(out/groups) + j
+        groups = module_geometry(module)["groups"]
         in_channels, per_group = weight.shape[0], weight.shape[1]
         out_channels = per_group * groups
     else:
@@ -110,14 +113,14 @@ def fold_batchnorm(layer: nn.Module, bn: nn.Module) -> nn.Module:
         )
     scale = scale.to(weight.dtype)
     shift = shift.to(weight.dtype)
-    if isinstance(layer, _TRANSPOSED):
+    if transposed:
         grouped = weight.reshape(groups, in_channels // groups, per_group, *weight.shape[2:])
         factor = scale.reshape(groups, 1, per_group, *([1] * (weight.dim() - 2)))
         new_weight = (grouped * factor).reshape(weight.shape)
     else:
         new_weight = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
-    bias = layer.bias.detach() if layer.bias is not None else torch.zeros(out_channels, dtype=weight.dtype)
-    folded = copy.deepcopy(layer)
+    bias = module.bias.detach() if module.bias is not None else torch.zeros(out_channels, dtype=weight.dtype)
+    folded = copy.deepcopy(module)
     folded.weight = nn.Parameter(new_weight.clone(), requires_grad=False)
     folded.bias = nn.Parameter((scale * bias + shift).clone(), requires_grad=False)
     return folded.eval()

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .folding import batchnorm_scale
+from .records import NetworkBound
 from .walk import eval_mode
 
 __all__ = ["adaptive_avg_pool_norm", "network_bound"]
@@ -293,7 +294,7 @@ class _Bound:
         raise _Unknown("a product of two input-dependent tensors")
 
 
-def network_bound(model: nn.Module, example: torch.Tensor, layers: Sequence[Any], *, padding: str) -> Any:
+def network_bound(model: nn.Module, example: torch.Tensor, layers: Sequence[Any], *, padding: str) -> NetworkBound:
     """The :class:`~convspectra.analysis.NetworkBound` of ``model`` from its layers' norms (see module docstring).
 
     Args:
@@ -306,8 +307,6 @@ def network_bound(model: nn.Module, example: torch.Tensor, layers: Sequence[Any]
         A ``NetworkBound``; its ``value`` is None when the bound is not available, with the
         reason in ``description``.
     """
-    from .report import NetworkBound
-
     kind = "circular" if padding == "circular" else "model"
     meaning = (
         "of the network with every convolution made circular (wrap-around), the paper's setting"

@@ -1,10 +1,8 @@
-"""The JSON schema of a spectral report, and a validator that needs no third-party package.
+"""The JSON schema of a spectral report, and its check with ``jsonschema``.
 
 :data:`REPORT_SCHEMA` (JSON Schema draft 2020-12) describes :meth:`SpectralReport.to_dict`
 output (``schema_version`` 1). :func:`validate_report` checks a parsed document against it with
-``jsonschema`` when that package is installed, else with a small built-in validator covering
-the keywords the schema uses (type, properties, required, additionalProperties, items, enum,
-minimum, const).
+the ``jsonschema`` package (an optional dependency, in the ``report`` extra). No torch needed.
 
 Example:
     >>> import json, torch
@@ -110,75 +108,30 @@ REPORT_SCHEMA: dict[str, Any] = {
     },
 }
 
-_TYPES = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "boolean": lambda v: isinstance(v, bool),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "null": lambda v: v is None,
-}
 
-
-def _check(value: Any, schema: dict[str, Any], path: str) -> None:
-    if "const" in schema and value != schema["const"]:
-        raise ParameterError(f"report{path}: expected {schema['const']!r}, got {value!r}")
-    if "enum" in schema and value not in schema["enum"]:
-        raise ParameterError(f"report{path}: expected one of {schema['enum']}, got {value!r}")
-    if "type" in schema:
-        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        if not any(_TYPES[t](value) for t in types):
-            raise ParameterError(f"report{path}: expected {' or '.join(types)}, got {type(value).__name__}")
-    if "minimum" in schema and _TYPES["number"](value) and value < schema["minimum"]:
-        raise ParameterError(f"report{path}: expected >= {schema['minimum']}, got {value!r}")
-    if isinstance(value, dict):
-        for key in schema.get("required", []):
-            if key not in value:
-                raise ParameterError(f"report{path}: missing required key {key!r}")
-        properties = schema.get("properties", {})
-        for key, item in value.items():
-            if key in properties:
-                _check(item, properties[key], f"{path}.{key}")
-            elif schema.get("additionalProperties", True) is False:
-                raise ParameterError(f"report{path}: unexpected key {key!r}")
-    if isinstance(value, list) and "items" in schema:
-        for i, item in enumerate(value):
-            _check(item, schema["items"], f"{path}[{i}]")
-
-
-def validate_report(document: Any, *, use_jsonschema: bool | None = None) -> None:
-    """Check a parsed JSON report against :data:`REPORT_SCHEMA`; returns None or raises.
+def validate_report(document: Any) -> None:
+    """Check a parsed JSON report against :data:`REPORT_SCHEMA` with ``jsonschema``; returns None or raises.
 
     Args:
         document: the parsed JSON (``json.load`` of a report file, or ``report.to_dict()``).
-        use_jsonschema: True: use the ``jsonschema`` package (ImportError if absent); False: the
-            built-in validator; None (default): ``jsonschema`` when installed.
 
     Raises:
-        ParameterError: the document does not follow the schema (the message gives the path).
+        ParameterError: the document does not follow the schema (the message gives the path and the rule).
+        ImportError: ``jsonschema`` is not installed (it comes with ``pip install "convspectra[report]"``).
 
     Example:
         >>> from convspectra.analysis import validate_report
-        >>> validate_report({"schema_version": 1}, use_jsonschema=False)
+        >>> validate_report({"schema_version": 1})
         Traceback (most recent call last):
         ...
-        convspectra.errors.ParameterError: report: missing required key 'convspectra_version'
+        convspectra.errors.ParameterError: report: 'convspectra_version' is a required property
     """
-    if use_jsonschema is None:
-        try:
-            import jsonschema
-        except ImportError:
-            use_jsonschema = False
-        else:
-            use_jsonschema = True
-    if not use_jsonschema:
-        _check(document, REPORT_SCHEMA, "")
-        return
-    import jsonschema
-
     try:
-        jsonschema.Draft202012Validator(REPORT_SCHEMA).validate(document)
-    except jsonschema.ValidationError as err:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
-        raise ParameterError(f"report{where}: {err.message}") from None
+        import jsonschema
+    except ImportError:
+        raise ImportError('validate_report needs the jsonschema package: pip install "convspectra[report]"') from None
+    validator = jsonschema.Draft202012Validator(REPORT_SCHEMA)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(document))
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        raise ParameterError(f"report{where}: {error.message}")

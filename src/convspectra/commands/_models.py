@@ -13,6 +13,7 @@ import importlib
 import os
 from typing import Any
 
+from .._backend import is_torch_module
 from ..errors import ParameterError
 
 __all__ = ["resolve_model"]
@@ -39,13 +40,7 @@ def _from_import_path(spec: str) -> Any:
             target = getattr(target, part)
     except AttributeError:
         raise ParameterError(f"model: {module_name!r} has no attribute {attribute!r} (from {spec!r})") from None
-    return target() if callable(target) and not _is_module(target) else target
-
-
-def _is_module(obj: Any) -> bool:
-    import torch
-
-    return isinstance(obj, torch.nn.Module)
+    return target() if callable(target) and not is_torch_module(target) else target
 
 
 def _torchscript(path: str) -> Any:
@@ -82,7 +77,7 @@ def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
         return _torchscript(spec), None
     if ":" in spec:
         model = _from_import_path(spec)
-        if not _is_module(model):
+        if not is_torch_module(model):
             raise ParameterError(f"model: expected {spec!r} to give a torch.nn.Module, got {type(model).__name__}")
         return model, None
     torchvision = _installed("torchvision")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import positive_int, writable_file
+from ._common import add_output, positive_int, write_text
 
 __all__ = ["register"]
 
@@ -21,9 +21,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument(
-        "--json", metavar="FILE", type=writable_file, help="also write the results as JSON to FILE ('-' for stdout)"
-    )
+    add_output(demo, "--json", help="also write the results as JSON")
     demo.set_defaults(handler=run)
 
 
@@ -32,13 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     result = run_demo(epochs=args.epochs, seed=args.seed)
-    if args.json == "-":
-        print(json.dumps(result.to_dict(), indent=2))
-        return 0
-    _print_demo(result)
+    if args.json != "-":
+        _print_demo(result)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result.to_dict(), handle, indent=2)
+        write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
     return 0
 
 

@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from . import positive_int, writable_file
+from ._common import PLOT_SUFFIXES, add_output, positive_int, threshold, write_text, writes_to_stdout
 
-__all__ = ["add_report_options", "register"]
-
-
-def _threshold(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
+__all__ = ["add_report_options", "build_model", "register", "run", "write_outputs"]
 
 
-def add_report_options(parser: argparse.ArgumentParser, *, threshold: float = 1e-3, plot: str | None = None) -> None:
+def add_report_options(
+    parser: argparse.ArgumentParser, *, relative_threshold: float = 1e-3, plot: str | None = None
+) -> None:
     """Options shared by ``report`` and ``reproduce figure4`` (with their defaults for --threshold and --plot)."""
-    parser.add_argument("--weights", metavar="FILE", help="weights (.pt/.pth/.th state dict, or .safetensors)")
+    parser.add_argument("--weights", metavar="FILE", help="weights (.pt/.pth/.th/.ckpt state dict, or .safetensors)")
     parser.add_argument(
         "--input-shape",
         metavar="N",
@@ -34,20 +25,25 @@ def add_report_options(parser: argparse.ArgumentParser, *, threshold: float = 1e
     parser.add_argument("--fold-bn", action="store_true", help="fold each BatchNorm into the conv that feeds it")
     parser.add_argument(
         "--threshold",
-        type=_threshold,
-        default=threshold,
-        help=f"effective rank counts singular values above THRESHOLD x sigma_max (default {threshold:g})",
+        type=threshold,
+        default=relative_threshold,
+        help=f"effective rank counts singular values above THRESHOLD x sigma_max (default {relative_threshold:g})",
     )
-    parser.add_argument("--json", metavar="FILE", type=writable_file, help="write the report as JSON ('-': stdout)")
-    parser.add_argument("--csv", metavar="FILE", type=writable_file, help="write one CSV row per layer ('-': stdout)")
-    parser.add_argument(
-        "--plot",
-        metavar="FILE",
-        type=writable_file,
-        default=plot,
-        help="Figure-4 plot of the sorted spectra (.png/.svg/.pdf)" + (f" (default {plot})" if plot else ""),
-    )
-    parser.add_argument("--plot-norms", metavar="FILE", type=writable_file, help="bar chart of per-layer sigma_max")
+    add_output(parser, "--json", help="write the report as JSON")
+    add_output(parser, "--csv", help="write one CSV row per layer")
+    for flag, what, default in (
+        ("--plot", "Figure-4 plot of the sorted spectra", plot),
+        ("--plot-norms", "bar chart of per-layer sigma_max", None),
+    ):
+        add_output(
+            parser,
+            flag,
+            help=f"{what} (.png/.svg/.pdf)",
+            default=default,
+            suffixes=PLOT_SUFFIXES,
+            stdout=False,
+            matplotlib_for=PLOT_SUFFIXES,
+        )
     parser.add_argument("--log", action="store_true", help="logarithmic y axis in the Figure-4 plot")
 
 
@@ -60,7 +56,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "conv and linear layer's exact singular values (circular padding; with --padding model also the exact norm "
         "and certified bracket with the layer's own padding) and an UPPER bound on the network's Lipschitz constant. "
         "MODEL: a built-in name (resnet20/32/44/56), a TorchScript file, 'package.module:callable', or a torchvision "
-        "/ timm model name when those are installed.",
+        "/ timm model name when those are installed. A progress bar is drawn on an interactive stderr.",
     )
     report.add_argument("model", metavar="MODEL", help="built-in name, TorchScript file, or package.module:callable")
     report.add_argument(
@@ -97,15 +93,11 @@ def build_model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
 
 
 def write_outputs(report: Any, args: argparse.Namespace, *, include_spectra: bool) -> None:
-    """Write the files asked for by --json/--csv/--plot/--plot-norms."""
-    if args.json == "-":
-        sys.stdout.write(report.to_json(include_spectra=include_spectra) + "\n")
-    elif args.json:
-        report.to_json(args.json, include_spectra=include_spectra)
-    if args.csv == "-":
-        sys.stdout.write(report.to_csv())
-    elif args.csv:
-        report.to_csv(args.csv)
+    """Write the files asked for by --json/--csv/--plot/--plot-norms (``-``: stdout)."""
+    if args.json:
+        write_text(args.json, report.to_json(include_spectra=include_spectra) + "\n")
+    if args.csv:
+        write_text(args.csv, report.to_csv())
     if args.plot:
         report.plot_spectra(args.plot, log=args.log)
     if args.plot_norms:
@@ -115,10 +107,10 @@ def write_outputs(report: Any, args: argparse.Namespace, *, include_spectra: boo
 def run(args: argparse.Namespace) -> int:
     """Build the model, compute the report, print and write it."""
     from ..analysis import spectral_report
-    from ._progress import layer_progress
+    from ._progress import progress_bar
 
     model, shape = build_model(args)
-    with layer_progress("layers") as progress:
+    with progress_bar("layers") as progress:
         report = spectral_report(
             model,
             shape,
@@ -128,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
             relative_threshold=args.threshold,
             progress=progress,
         )
-    to_stdout = "-" in (args.json, args.csv)
-    if not args.quiet and not to_stdout:
+    if not args.quiet and not writes_to_stdout(args):
         print(f"convspectra report: {report.model} on input {report.input_shape}, {len(report.layers)} layers")
         print(report.to_table())
         print(f"\n{report.seconds:.2f} s")

@@ -1,0 +1,249 @@
+"""The records of a spectral report and their exports: per-layer rows, the network bound, JSON/CSV/table.
+
+:class:`LayerReport` (one row per layer), :class:`NetworkBound` (the network's Lipschitz upper
+bound) and :class:`SpectralReport` (what :func:`~convspectra.analysis.spectral_report` returns,
+with :meth:`~SpectralReport.to_json`, :meth:`~SpectralReport.to_csv`,
+:meth:`~SpectralReport.to_dataframe`, :meth:`~SpectralReport.to_table` and the plots). The JSON
+layout is :data:`~convspectra.analysis.REPORT_SCHEMA`; the CSV columns are :data:`CSV_COLUMNS`.
+NumPy only: the records can be built, read and exported without torch.
+
+Example:
+    >>> from convspectra.analysis.records import CSV_COLUMNS, NetworkBound, SpectralReport
+    >>> bound = NetworkBound(None, "circular", "no layers")
+    >>> report = SpectralReport("empty", (1, 3, 8, 8), "circular", False, 1e-3, [], bound, 0.0)
+    >>> report.to_csv().strip() == ",".join(CSV_COLUMNS)
+    True
+    >>> report.to_dict()["schema_version"]
+    1
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .schema import LAYER_FIELDS
+
+__all__ = ["CSV_COLUMNS", "SCHEMA_VERSION", "LayerReport", "NetworkBound", "SpectralReport"]
+
+#: Version of the JSON layout (see :data:`convspectra.analysis.REPORT_SCHEMA`).
+SCHEMA_VERSION = 1
+
+#: Columns of :meth:`SpectralReport.to_csv`, in order (every scalar field of :class:`LayerReport`).
+CSV_COLUMNS = tuple(name for name in LAYER_FIELDS if name != "spectrum")
+
+
+@dataclass
+class LayerReport:
+    """The spectral facts of one layer (see :mod:`convspectra.analysis.report` for the definitions).
+
+    Every ``sigma_*`` is a float, or None where it does not apply (``note`` says why). Shapes are
+    tuples of ints: ``kernel_shape`` as PyTorch stores the weight, ``input_shape`` and
+    ``output_shape`` the spatial sizes the layer saw (``(features,)`` for Linear). ``spectrum``
+    is the descending array of all circular singular values when requested.
+    """
+
+    index: int
+    name: str
+    type: str
+    kind: str
+    kernel_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    padding: str
+    padding_mode: str
+    transposed: bool
+    calls: int
+    folded_batchnorm: str | None
+    num_singular_values: int | None
+    sigma_max: float | None
+    sigma_min: float | None
+    condition_number: float | None
+    stable_rank: float | None
+    effective_rank: int | None
+    sigma_max_model: float | None = None
+    sigma_max_model_lower: float | None = None
+    sigma_max_model_upper: float | None = None
+    seconds: float = 0.0
+    note: str | None = None
+    spectrum: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples as lists, the spectrum as a list or None)."""
+        out: dict[str, Any] = {}
+        for name in LAYER_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, np.ndarray):
+                value = value.tolist()
+            out[name] = value
+        return out
+
+    def norm(self, padding: str) -> float | None:
+        """The operator norm used for ``padding``: circular sigma_max, or the certified upper end for the model's."""
+        return self.sigma_max if padding == "circular" else self.sigma_max_model_upper
+
+
+@dataclass
+class NetworkBound:
+    """An UPPER bound on the network's Lipschitz constant (l2 to l2), never its exact value.
+
+    Attributes:
+        value: the bound, or None when the model's graph has an operation with no known constant.
+        padding: which layer norms it uses ("circular": the network with wrap-around convolutions;
+            "model": certified upper ends of the layers' own-padding brackets, so it bounds the model
+            as it runs).
+        description: how it was obtained, in words.
+    """
+
+    value: float | None
+    padding: str
+    description: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"value": self.value, "padding": self.padding, "description": self.description}
+
+
+def _cell(value: Any) -> Any:
+    """One CSV cell: shapes as ``AxB``, None as empty, floats with full precision."""
+    if isinstance(value, tuple):
+        return "x".join(map(str, value))
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def _number(value: float | None, width: int, fmt: str = ".4f") -> str:
+    return f"{value:>{width}{fmt}}" if value is not None else f"{'-':>{width}}"
+
+
+@dataclass
+class SpectralReport:
+    """The result of :func:`~convspectra.analysis.spectral_report`: per-layer :class:`LayerReport` rows and a bound."""
+
+    model: str
+    input_shape: tuple[int, ...]
+    padding: str
+    fold_bn: bool
+    relative_threshold: float
+    layers: list[LayerReport]
+    network_bound: NetworkBound
+    seconds: float
+    version: str = ""
+
+    def to_dict(self, *, include_spectra: bool = True) -> dict[str, Any]:
+        """JSON-ready dict following :data:`~convspectra.analysis.REPORT_SCHEMA` (spectra as null when excluded)."""
+        layers = [layer.to_dict() for layer in self.layers]
+        if not include_spectra:
+            for layer in layers:
+                layer["spectrum"] = None
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "convspectra_version": self.version,
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "padding": self.padding,
+            "fold_bn": self.fold_bn,
+            "relative_threshold": self.relative_threshold,
+            "seconds": self.seconds,
+            "network_bound": self.network_bound.to_dict(),
+            "layers": layers,
+        }
+
+    def to_json(
+        self, path: str | os.PathLike[str] | None = None, *, indent: int | None = 2, include_spectra: bool = True
+    ) -> str:
+        """The report as JSON text (see :data:`~convspectra.analysis.REPORT_SCHEMA`); also written to ``path``."""
+        text = json.dumps(self.to_dict(include_spectra=include_spectra), indent=indent, allow_nan=False)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        return text
+
+    def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
+        """CSV text, one row per layer with the :data:`CSV_COLUMNS` (shapes as ``AxB``, None as empty).
+
+        Also written to ``path`` when given.
+        """
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for layer in self.layers:
+            writer.writerow([_cell(getattr(layer, name)) for name in CSV_COLUMNS])
+        text = buffer.getvalue()
+        if path is not None:
+            with open(path, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+        return text
+
+    def to_dataframe(self) -> Any:
+        """A ``pandas.DataFrame`` with one row per layer (needs pandas) and the :data:`CSV_COLUMNS`."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_dataframe needs pandas: pip install pandas") from None
+        return pd.DataFrame([{name: getattr(layer, name) for name in CSV_COLUMNS} for layer in self.layers])
+
+    def plot_spectra(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Any:
+        """Figure-4 style plot of every layer's sorted spectrum (see :func:`~convspectra.analysis.plot_spectra`)."""
+        from .plots import plot_spectra
+
+        return plot_spectra(self, path, **kwargs)
+
+    def plot_sigma_max(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Any:
+        """Bar chart of the per-layer operator norms (see :func:`~convspectra.analysis.plot_sigma_max`)."""
+        from .plots import plot_sigma_max
+
+        return plot_sigma_max(self, path, **kwargs)
+
+    def to_table(self) -> str:
+        """A fixed-width text table of the layers (what ``convspectra report`` prints)."""
+        model_cols = self.padding == "model"
+        header = (
+            f"{'#':>3} {'layer':<22} {'kernel':<13} {'input':<9} {'s':>2} {'values':>7} {'sigma_max':>9} "
+            + (f"{'own padding: value in [lower, upper]':>36} " if model_cols else "")
+            + f"{'sigma_min':>9} {'cond':>9} {'stable':>7} {'eff.rank':>8}"
+        )
+        lines = [header, "-" * len(header)]
+        for layer in self.layers:
+            model = ""
+            if model_cols:
+                if layer.sigma_max_model is not None:
+                    model = (
+                        f"{layer.sigma_max_model:>9.4f} in [{layer.sigma_max_model_lower:.4f}, "
+                        f"{layer.sigma_max_model_upper:.4f}] "
+                    )
+                    model = f"{model:>37}"
+                else:
+                    model = f"{'-':>36} "
+            lines.append(
+                f"{layer.index:>3} {layer.name[-22:]:<22} {'x'.join(map(str, layer.kernel_shape)):<13} "
+                f"{'x'.join(map(str, layer.input_shape)):<9} {max(layer.stride):>2} "
+                f"{_number(layer.num_singular_values, 7, 'd')} {_number(layer.sigma_max, 9)} {model}"
+                f"{_number(layer.sigma_min, 9, '.2e')} {_number(layer.condition_number, 9, '.3g')} "
+                f"{_number(layer.stable_rank, 7, '.2f')} {_number(layer.effective_rank, 8, 'd')}"
+            )
+        notes = [f"  {layer.name}: {layer.note}" for layer in self.layers if layer.note]
+        if notes:
+            lines += ["", "notes:", *notes]
+        bound = self.network_bound
+        lines.append("")
+        lines.append(
+            "network Lipschitz UPPER bound: "
+            + (f"{bound.value:.6g}" if bound.value is not None else "not available")
+            + f" ({bound.description})"
+        )
+        return "\n".join(lines)
