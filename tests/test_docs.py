@@ -77,6 +77,21 @@ def test_readme_links_exist():
     assert not missing, f"README links to missing files: {missing}"
 
 
+def test_api_reference_covers_the_public_names():
+    """Every name of ``convspectra.__all__`` has its entry on an API page (directly or through its module)."""
+    import convspectra
+    import convspectra.errors
+
+    targets = set()
+    for page in sorted((ROOT / "docs" / "api").glob("*.md")):
+        targets |= set(re.findall(r"^::: convspectra\.([\w.]+)\s*$", page.read_text(encoding="utf-8"), flags=re.M))
+    covered = set(targets)
+    if "errors" in targets:
+        covered |= set(convspectra.errors.__all__)
+    missing = sorted(set(convspectra.__all__) - covered - {"__version__"})
+    assert not missing, f"public names with no API entry (add '::: convspectra.NAME' to docs/api): {missing}"
+
+
 def test_site_builds_strict(tmp_path: Path) -> None:
     """``mkdocs build --strict`` succeeds with no warning, writing only into a temporary folder."""
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
