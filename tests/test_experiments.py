@@ -18,16 +18,10 @@ torch = pytest.importorskip("torch")
 from convspectra.cli import main  # noqa: E402
 from convspectra.errors import ParameterError  # noqa: E402
 from convspectra.experiments import datasets as ds  # noqa: E402
+from convspectra.experiments.config import Arm, TrainConfig, learning_rate, parse_arm  # noqa: E402
+from convspectra.experiments.convolutions import conv_records, project_convolutions  # noqa: E402
 from convspectra.experiments.summary import summarize, write_summary  # noqa: E402
-from convspectra.experiments.training import (  # noqa: E402
-    Arm,
-    TrainConfig,
-    learning_rate,
-    parse_arm,
-    project_convolutions,
-    run_experiment,
-    train_run,
-)
+from convspectra.experiments.training import run_experiment, train_run  # noqa: E402
 from convspectra.operator import dense_matrix  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -267,7 +261,9 @@ def test_projection_matches_the_dense_svd_clip(tmp_path: Path) -> None:
         weight = rng.standard_normal((out_c, in_c, 3, 3))
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(weight))
-        project_convolutions(torch.nn.Sequential(conv), {"0": (n, n)}, c)
+        layers = conv_records(torch.nn.Sequential(conv), (in_c, n, n), c)
+        assert [(layer.name, layer.input_shape, layer.max_norm) for layer in layers] == [("0", (n, n), c)]
+        project_convolutions(layers)
         a = dense_matrix(weight, n)
         u, s, vt = np.linalg.svd(a, full_matrices=False)
         clipped = (u * np.minimum(s, c)) @ vt
@@ -354,7 +350,7 @@ def test_config_and_schedule_validation() -> None:
         TrainConfig(epochs=10, milestones=(5, 3))
     with pytest.raises(ParameterError, match="device: expected 'auto', 'cpu' or 'cuda', got 'tpu'"):
         TrainConfig(device="tpu")
-    with pytest.raises(ParameterError, match="batch_size: expected a positive integer"):
+    with pytest.raises(ParameterError, match="batch_size: expected a positive int"):
         TrainConfig(batch_size=0)
     assert parse_arm(" CLIP:2.5 ") == Arm(clip=2.5) and parse_arm("l1=3e-4") == Arm(l1=3e-4)
     for bad in ("clip", "clip=nan", "l1=0", "dropout=0.5"):

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .._checks import integer
 from ..errors import ParameterError
 
 __all__ = [
@@ -101,15 +102,14 @@ class ImageDataset:
             seed: seed of the selection (independent of the training seeds, so every arm sees the same data).
 
         Raises:
-            ParameterError: if a requested size is not in ``[1, available]``.
+            ParameterError, ParameterTypeError: a requested size that is not an integer in ``[1, available]``.
         """
         rng = np.random.default_rng(seed)
 
         def pick(images: np.ndarray, labels: np.ndarray, count: int | None, name: str) -> tuple[np.ndarray, ...]:
             if count is None:
                 return images, labels
-            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(labels):
-                raise ParameterError(f"{name}: expected an integer in [1, {len(labels)}], got {count!r}")
+            integer(name, count, maximum=len(labels))
             index = np.sort(rng.permutation(len(labels))[:count])
             return images[index], labels[index]
 
@@ -346,17 +346,32 @@ def load_cifar10(directory: str | os.PathLike[str], *, download: bool = False) -
     )
 
 
+def _default_cifar_folder() -> Path:
+    """``$CONVSPECTRA_DATA/cifar10``; an error naming both ways to give the folder when the variable is unset."""
+    from ..models.pretrained import DATA_ENV, data_directory
+
+    root = data_directory()
+    if root is None:
+        raise ParameterError(
+            f"data_dir: expected the CIFAR-10 folder (pass it with --data-dir / data_dir, or set {DATA_ENV} to a "
+            f"folder whose cifar10/ subfolder holds it), got none and {DATA_ENV} is not set"
+        )
+    return root / "cifar10"
+
+
 def load_dataset(name: str, directory: str | os.PathLike[str] | None = None, *, download: bool = False) -> ImageDataset:
     """Load ``"cifar10"`` or ``"fashion-mnist"`` from ``directory`` (see the module docstring).
 
     Args:
         name: one of :data:`DATASETS`.
-        directory: the data folder; ``None`` uses :data:`DEFAULT_DIRECTORIES` (Debian's Fashion-MNIST
-            location) or, for CIFAR-10, ``./data/cifar10``.
+        directory: the data folder; ``None`` uses, for CIFAR-10, ``$CONVSPECTRA_DATA/cifar10``
+            (the data folder of :func:`convspectra.models.data_directory`; an error when the
+            variable is not set) and, for Fashion-MNIST, :data:`DEFAULT_DIRECTORIES` (Debian's location).
         download: CIFAR-10 only: download with torchvision when the batches are missing.
 
     Raises:
-        ParameterError: for an unknown name, or ``download`` with Fashion-MNIST.
+        ParameterError: for an unknown name, ``download`` with Fashion-MNIST, or CIFAR-10 without
+            ``directory`` and without ``CONVSPECTRA_DATA``.
 
     Example:
         >>> load_dataset("imagenet")
@@ -367,7 +382,7 @@ def load_dataset(name: str, directory: str | os.PathLike[str] | None = None, *, 
     if name not in DATASETS:
         raise ParameterError(f"dataset: expected one of {DATASETS}, got {name!r}")
     if name == "cifar10":
-        folder = Path(directory) if directory is not None else Path("data") / "cifar10"
+        folder = Path(directory) if directory is not None else _default_cifar_folder()
         batches = folder / "cifar-10-batches-py"
         have = (folder / CIFAR_TEST_BATCH).is_file() or (batches / CIFAR_TEST_BATCH).is_file()
         return load_cifar10(folder, download=download and not have)
