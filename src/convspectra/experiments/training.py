@@ -67,6 +67,8 @@ from .convolutions import PROJECTION, conv_records, project_convolutions, sigma_
 from .datasets import ImageDataset, load_dataset
 from .machine import machine_description
 
+# The run's definition lives in .config (importable without torch); its names are re-exported here
+# for code that imports them with the runner.
 __all__ = [
     "DEFAULT_L1",
     "PAPER_ARMS",
