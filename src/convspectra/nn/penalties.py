@@ -101,9 +101,10 @@ def operator_norm_penalty(
     Cost: one :func:`convspectra.operator_norm` per selected layer at each call, i.e. a branch
     and bound over the layer's frequencies that decomposes only the frequencies whose cheap
     bounds may still hold the maximum (not every singular value), with an autograd graph
-    through the top singular pair of the maximising frequency only. For a CIFAR ResNet-32 this
-    is about as long as a training step on a CPU (see the docs' cost table); apply it every few
-    steps, or use :class:`~convspectra.nn.OperatorNormProjector` for a hard bound.
+    through the top singular pair of the maximising frequency only. For a CIFAR ResNet-32 at
+    batch 128 one call with its backward pass takes about half to two thirds of a training
+    step on a CPU (see the docs' cost table); apply it every few steps, or use
+    :class:`~convspectra.nn.OperatorNormProjector` for a hard bound.
 
     Args:
         model: the model (or one conv module).

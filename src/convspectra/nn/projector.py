@@ -46,7 +46,6 @@ import torch
 from torch import nn
 
 from .. import projection as _projection
-from .._backend import module_geometry
 from .._checks import choice, flag, integer, norm_bounds
 from ..errors import ConvSpectraError, ParameterTypeError
 from ..norm import operator_norm
@@ -142,7 +141,7 @@ def _jobs(layers: Sequence[ConvLayer]) -> list[Job]:
 
 def _cost(layer: ConvLayer) -> int:
     """Rough cost of projecting a layer: frequencies x SVD work of one transfer matrix."""
-    geometry, shape = module_geometry(layer.module), layer.require_input_shape()
+    geometry, shape = layer.geometry(), layer.require_input_shape()  # _backend.module_geometry of the module
     weight_shape = layer.module.weight.shape
     groups = geometry["groups"]
     stride = math.prod(geometry["stride"])
