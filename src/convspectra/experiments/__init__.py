@@ -2,7 +2,8 @@
 
 * :mod:`convspectra.experiments.figure1`: timing of the full-matrix SVD, the paper's NumPy method and
   convspectra (CPU, CUDA) over channel counts (``convspectra bench figure1``).
-* :mod:`convspectra.experiments.datasets`: CIFAR-10 / Fashion-MNIST readers and synthetic test data.
+* :mod:`convspectra.experiments.datasets`: CIFAR-10 / Fashion-MNIST readers and synthetic test data
+  (:mod:`~convspectra.experiments.idx`: the IDX file format).
 * The resumable ResNet training runner (``convspectra train``), one idea per module:
   :mod:`~convspectra.experiments.config` (:class:`TrainConfig`, the arms, the learning-rate schedule),
   :mod:`~convspectra.experiments.batches` (normalised, augmented mini-batches),
