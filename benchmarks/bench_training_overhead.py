@@ -10,6 +10,8 @@ a ResNet-32 every 100 SGD steps. This script measures, in one run on the same ma
   started from the same weights (the He-initialised ones, where every layer violates the bound:
   the pessimistic case; later in training most frequencies pass the cheap Frobenius test);
 * ``overhead = projection / (every * step)``, the fraction added to training time;
+* ``penalty``: one forward and backward pass of :func:`convspectra.nn.operator_norm_penalty` over
+  the 31 layers (the soft alternative to the projection), median of ``--rounds``;
 * an end-to-end cross-check: ``--e2e-steps`` steps without projection, then as many with a
   projection every ``--e2e-every`` steps, and the measured extra time against the predicted one;
 * on a GPU (when CUDA is available; times taken with ``torch.cuda.synchronize``) the same,
@@ -38,11 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import convspectra as cs
+from convspectra._threads import limit_threads
+from convspectra.experiments.machine import machine_description
 from convspectra.models import resnet32
-from convspectra.nn import OperatorNormProjector
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_singular_values import machine
+from convspectra.nn import OperatorNormProjector, operator_norm_penalty
 
 RESULTS = Path(__file__).resolve().parent / "results" / "training_overhead.json"
 # Typical layers for the cost-per-projection table: (channels in = out, input size, stride).
@@ -105,10 +106,15 @@ def direct_round(projector: OperatorNormProjector, weights: list[torch.Tensor], 
 def sigma_ratio(projector: OperatorNormProjector) -> float:
     """max over layers of sigma_max / bound after a round."""
     return max(
-        float(cs.frequency_spectrum(layer.module.weight.detach(), layer.input_shape, stride=layer.module.stride).max())
-        / layer.max_norm
+        float(cs.operator_norm(layer.module.weight.detach(), layer.input_shape, **layer.geometry())) / layer.max_norm
         for layer in projector.layers
     )
+
+
+def penalty_round(model: nn.Module, max_norm: float, sizes: dict[str, Any]) -> None:
+    """One forward and backward pass of the hinge penalty on the exact operator norms."""
+    model.zero_grad(set_to_none=True)
+    operator_norm_penalty(model, max_norm, sizes).backward()
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -152,6 +158,11 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     error = max(float((layer.module.weight.detach() - ref).abs().max()) for layer, ref in pairs)
     sigma_after = sigma_ratio(projector)
 
+    penalty_times = []
+    for _ in range(args.rounds):
+        restore(model, start_weights)
+        penalty_times.append(timed(lambda: penalty_round(model, args.max_norm, projector.input_shapes), device))
+
     projection_seconds = projections["gram+eigh, on the weights' device"]["median_seconds"]
     result: dict[str, Any] = {
         "device": str(device),
@@ -169,6 +180,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "max_abs_difference_vs_direct_core_call": error,
         "max_sigma_over_bound_before": sigma_before,
         "max_sigma_over_bound_after_one_round": sigma_after,
+        "penalty_median_seconds": statistics.median(penalty_times),
+        "penalty_seconds": penalty_times,
     }
 
     # end-to-end cross-check: plain steps, then steps with a projection every e2e_every steps
@@ -244,6 +257,11 @@ def report(results: dict[str, Any]) -> None:
                 f"{projection['median_seconds'] * 1e3:9.1f} ms"
             )
         print(
+            f"  operator_norm_penalty forward + backward, {run['layers']} layers "
+            f"(median of {len(run['penalty_seconds'])}): "
+            f"{run['penalty_median_seconds'] * 1e3:9.1f} ms"
+        )
+        print(
             f"  overhead with projection every {run['every']} steps (iterations={run['iterations']}): "
             f"{100 * run['overhead']:.2f}% (best variant {100 * run['best_variant_overhead']:.2f}%)"
         )
@@ -272,23 +290,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-norm", type=float, default=1.0)
     parser.add_argument("--e2e-steps", type=int, default=20, help="steps per arm of the end-to-end check")
     parser.add_argument("--e2e-every", type=int, default=10, help="projection period in the end-to-end check")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch and BLAS threads (default: torch's and BLAS's own choice)"
+    )
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU even when one is available")
     parser.add_argument("--json", metavar="FILE", default=str(RESULTS), help=f"JSON output (default {RESULTS})")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.image_size, args.steps, args.rounds, args.e2e_steps, args.e2e_every = 2, 8, 1, 1, 2, 1
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    info = machine()
-    info["torch_threads"] = torch.get_num_threads()
-    results: dict[str, Any] = {"machine": info, "argv": sys.argv[1:] if argv is None else argv, "runs": []}
-    devices = [torch.device("cpu")]
-    if torch.cuda.is_available() and not args.no_gpu:
-        devices.append(torch.device("cuda"))
-    for device in devices:
-        results["runs"].append(measure(args, device))
-    results["layer_costs"] = layer_costs(QUICK_LAYER_SHAPES if args.quick else LAYER_SHAPES, args.rounds, devices)
+    with limit_threads(args.threads):
+        results: dict[str, Any] = {
+            "machine": machine_description(),
+            "argv": sys.argv[1:] if argv is None else argv,
+            "runs": [],
+        }
+        devices = [torch.device("cpu")]
+        if torch.cuda.is_available() and not args.no_gpu:
+            devices.append(torch.device("cuda"))
+        for device in devices:
+            results["runs"].append(measure(args, device))
+        results["layer_costs"] = layer_costs(QUICK_LAYER_SHAPES if args.quick else LAYER_SHAPES, args.rounds, devices)
     report(results)
     report_layer_costs(results["layer_costs"])
     path = Path(args.json)

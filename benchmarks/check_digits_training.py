@@ -3,7 +3,7 @@
 The small CNN of ``convspectra.demo`` (three 3x3 convolutions with circular padding, so each
 layer *is* the circular operator whose norm is controlled; the second has stride 2) is trained
 with Adam on 80% of the 1797 8x8 digit images (the data ships with scikit-learn, no download) in
-three arms with the same seed, data order and initialisation:
+four arms with the same seed, data order and initialisation:
 
 * ``baseline``: no projection;
 * ``clip``: :class:`convspectra.nn.OperatorNormProjector` every ``--every`` steps, one
@@ -12,8 +12,9 @@ three arms with the same seed, data order and initialisation:
   projection (a kernel still above c after the iteration is multiplied by c / sigma_max);
 * ``clip10+rescale``: ten iterations, then the rescale (closer to the nearest kernel in the ball).
 
-After every projection the exact operator norm of every conv (``convspectra.singular_values``)
-is measured; the script reports the largest ``sigma_max / c`` seen after a projection, the
+After every projection the exact operator norm of every conv (``convspectra.singular_values`` of
+its circular operator on the input size recorded by ``convspectra.nn.capture_input_shapes``) is
+measured; the script reports the largest ``sigma_max / c`` seen after a projection, the
 final norms and the test accuracy of each arm. ``--quick`` trains on a subset for one epoch.
 
 Run ``python benchmarks/check_digits_training.py`` (JSON to
@@ -29,14 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import convspectra as cs
-from convspectra.demo import _load_digits, _model
-from convspectra.nn import OperatorNormProjector
+from convspectra._threads import limit_threads
+from convspectra.demo import digits_cnn, digits_split
+from convspectra.nn import ConvLayer, OperatorNormProjector, capture_input_shapes, conv_layers
 
 RESULTS = Path(__file__).resolve().parent / "results" / "digits_training.json"
 ARMS: dict[str, dict[str, Any] | None] = {
@@ -47,24 +47,14 @@ ARMS: dict[str, dict[str, Any] | None] = {
 }
 
 
-def load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as the demo reads them: (1797, 1, 8, 8) float32 in [0, 1], labels."""
-    return _load_digits()
-
-
-def make_model() -> nn.Sequential:
-    """The demo's small circular-padded CNN (three 3x3 convs, one strided, and a linear layer)."""
-    return _model(torch)
-
-
-def exact_norms(model: nn.Module, sizes: dict[str, tuple[int, ...]]) -> dict[str, float]:
+def exact_norms(layers: list[ConvLayer]) -> dict[str, float]:
     """Largest singular value of every conv's circular operator on its input size."""
-    norms = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            weight = module.weight.detach().double()
-            norms[name] = float(cs.singular_values(weight, sizes[name], stride=module.stride)[0])
-    return norms
+    return {
+        layer.name: float(
+            cs.singular_values(layer.module.weight.detach().double(), layer.input_shape, **layer.geometry())[0]
+        )
+        for layer in layers
+    }
 
 
 def train_arm(
@@ -79,9 +69,12 @@ def train_arm(
 ) -> dict[str, Any]:
     x_train, y_train, x_test, y_test = data
     torch.manual_seed(seed)
-    model = make_model()
+    model = digits_cnn()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    sizes = {"0": (8, 8), "2": (8, 8), "4": (4, 4)}
+    layers = conv_layers(model, max_norm)
+    sizes = capture_input_shapes(model, x_train[:1])
+    for layer in layers:
+        layer.input_shape = sizes[layer.name]
     projector = None
     if options is not None:
         projector = OperatorNormProjector(model, max_norm, every=every, **options)
@@ -95,9 +88,9 @@ def train_arm(
             F.cross_entropy(model(x_train[index]), y_train[index]).backward()
             optimizer.step()
             if projector is not None and projector.steps % every == 0:  # a projection just ran
-                assert projector.input_shapes == sizes
+                assert projector.input_shapes == sizes  # recorded on the first pass: the same sizes
                 projection_seconds += projector.last_seconds
-                worst = max(worst, max(exact_norms(model, sizes).values()) / max_norm)
+                worst = max(worst, max(exact_norms(layers).values()) / max_norm)
                 checks += 1
     seconds = time.perf_counter() - start
     with torch.no_grad():
@@ -108,7 +101,7 @@ def train_arm(
         "steps": projector.steps if projector is not None else None,
         "projections": checks,
         "max_sigma_over_bound_after_projection": worst if checks else None,
-        "final_norms": exact_norms(model, sizes),
+        "final_norms": exact_norms(layers),
         "train_seconds": seconds,
         "projection_seconds": projection_seconds,
     }
@@ -123,26 +116,18 @@ def run(
     batch: int = 32,
     train_subset: int | None = None,
 ) -> dict[str, Any]:
-    """Train the three arms; returns the per-arm results (see the module docstring)."""
-    images, labels = load_digits()
-    order = np.random.default_rng(seed).permutation(len(images))
-    test_size = len(images) // 5
-    test, train = order[:test_size], order[test_size:]
+    """Train the four arms; returns the per-arm results (see the module docstring)."""
+    x_train, y_train, x_test, y_test = digits_split(seed)
     if train_subset is not None:
-        train = train[:train_subset]
-    data = (
-        torch.from_numpy(images[train]),
-        torch.from_numpy(labels[train]),
-        torch.from_numpy(images[test]),
-        torch.from_numpy(labels[test]),
-    )
+        x_train, y_train = x_train[:train_subset], y_train[:train_subset]
+    data = (x_train, y_train, x_test, y_test)
     arms = {
         name: train_arm(options, data, epochs=epochs, seed=seed, max_norm=max_norm, every=every, batch=batch)
         for name, options in ARMS.items()
     }
     return {
-        "train_images": len(train),
-        "test_images": len(test),
+        "train_images": len(x_train),
+        "test_images": len(x_test),
         "epochs": epochs,
         "seed": seed,
         "max_norm": max_norm,
@@ -177,14 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (a small CNN gains nothing from more)")
     parser.add_argument("--json", metavar="FILE", default=str(RESULTS), help=f"JSON output (default {RESULTS})")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    results = run(
-        epochs=1 if args.quick else args.epochs,
-        seed=args.seed,
-        max_norm=args.max_norm,
-        every=2 if args.quick else args.every,
-        train_subset=256 if args.quick else None,
-    )
+    with limit_threads(args.threads):
+        results = run(
+            epochs=1 if args.quick else args.epochs,
+            seed=args.seed,
+            max_norm=args.max_norm,
+            every=2 if args.quick else args.every,
+            train_subset=256 if args.quick else None,
+        )
     report(results)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,18 +16,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from convspectra.cli import main  # noqa: E402
-from convspectra.errors import ParameterError  # noqa: E402
+from convspectra.errors import ParameterError, ParameterTypeError  # noqa: E402
 from convspectra.experiments import datasets as ds  # noqa: E402
+from convspectra.experiments.config import Arm, TrainConfig, learning_rate, parse_arm  # noqa: E402
+from convspectra.experiments.convolutions import conv_records, project_convolutions  # noqa: E402
 from convspectra.experiments.summary import summarize, write_summary  # noqa: E402
-from convspectra.experiments.training import (  # noqa: E402
-    Arm,
-    TrainConfig,
-    learning_rate,
-    parse_arm,
-    project_convolutions,
-    run_experiment,
-    train_run,
-)
+from convspectra.experiments.training import run_experiment, train_run  # noqa: E402
 from convspectra.operator import dense_matrix  # noqa: E402
 
 # ------------------------------------------------------------------------------------------ datasets
@@ -135,6 +129,16 @@ def test_dataset_errors_are_clear(tmp_path: Path) -> None:
     data = ds.load_idx_dataset(_synthetic_idx(tmp_path / "s"))
     with pytest.raises(ParameterError, match=r"train: expected an integer in \[1, 24\], got 25"):
         data.subset(train=25)
+
+
+def test_cifar_default_folder_is_under_the_data_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONVSPECTRA_DATA", raising=False)
+    with pytest.raises(ParameterError, match=r"data_dir: expected the CIFAR-10 folder.*--data-dir.*CONVSPECTRA_DATA"):
+        ds.load_dataset("cifar10")
+    ds.write_synthetic_cifar(tmp_path / "cifar10", train_per_batch=2, test=3)
+    monkeypatch.setenv("CONVSPECTRA_DATA", str(tmp_path))
+    data = ds.load_dataset("cifar10")
+    assert data.train_images.shape == (10, 3, 32, 32) and data.source == str(tmp_path / "cifar10")
 
 
 def test_cifar_download_without_torchvision_says_so(tmp_path: Path) -> None:
@@ -267,7 +271,9 @@ def test_projection_matches_the_dense_svd_clip(tmp_path: Path) -> None:
         weight = rng.standard_normal((out_c, in_c, 3, 3))
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(weight))
-        project_convolutions(torch.nn.Sequential(conv), {"0": (n, n)}, c)
+        layers = conv_records(torch.nn.Sequential(conv), (in_c, n, n), c)
+        assert [(layer.name, layer.input_shape, layer.max_norm) for layer in layers] == [("0", (n, n), c)]
+        project_convolutions(layers)
         a = dense_matrix(weight, n)
         u, s, vt = np.linalg.svd(a, full_matrices=False)
         clipped = (u * np.minimum(s, c)) @ vt
@@ -312,6 +318,23 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path: Path) -> None:
         train_run(config, Arm(), 5, tmp_path / "killed")
 
 
+def test_progress_is_called_after_every_batch_and_torch_settings_are_restored(tmp_path: Path) -> None:
+    config = _config(_synthetic_idx(tmp_path / "data", train=20), epochs=2, batch_size=8)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    calls: list[tuple[int, int, str]] = []
+    log = train_run(config, Arm(clip=0.5), 0, tmp_path / "run", progress=lambda *args: calls.append(args))
+    assert [(done, total) for done, total, _ in calls] == [(step, 6) for step in range(1, 7)]  # 3 batches x 2 epochs
+    assert calls[0][2].startswith("clip=0.5 seed 0 epoch 1/2, loss ") and calls[-1][2].startswith(
+        "clip=0.5 seed 0 epoch 2/2"
+    )
+    assert float(calls[-1][2].rsplit(" ", 1)[1]) == pytest.approx(log["epochs"][-1]["train_loss"], abs=5e-4)
+    assert torch.get_num_threads() == threads and torch.are_deterministic_algorithms_enabled() == deterministic
+    with pytest.raises(
+        ParameterTypeError, match=r"progress: expected None or a callable progress\(done, total, label\)"
+    ):
+        train_run(config, Arm(), 0, tmp_path / "other", progress=True)
+
+
 def test_summary_pairs_seeds_and_writes_figures(tmp_path: Path) -> None:
     config = _config(_synthetic_idx(tmp_path / "data"), epochs=2)
     logs = run_experiment(config, [Arm(), Arm(clip=0.5)], [0, 1], tmp_path / "runs")
@@ -354,7 +377,7 @@ def test_config_and_schedule_validation() -> None:
         TrainConfig(epochs=10, milestones=(5, 3))
     with pytest.raises(ParameterError, match="device: expected 'auto', 'cpu' or 'cuda', got 'tpu'"):
         TrainConfig(device="tpu")
-    with pytest.raises(ParameterError, match="batch_size: expected a positive integer"):
+    with pytest.raises(ParameterError, match="batch_size: expected a positive int"):
         TrainConfig(batch_size=0)
     assert parse_arm(" CLIP:2.5 ") == Arm(clip=2.5) and parse_arm("l1=3e-4") == Arm(l1=3e-4)
     for bad in ("clip", "clip=nan", "l1=0", "dropout=0.5"):

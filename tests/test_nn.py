@@ -241,6 +241,66 @@ def test_stride_not_dividing_the_input_is_refused_at_capture():
         OperatorNormProjector(nn.Sequential(nn.Conv1d(1, 1, 3, stride=3)), 1.0, input_shapes=8)
 
 
+def test_a_refused_size_leaves_the_layer_to_be_recorded_by_a_later_valid_pass():
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2))
+    projector = OperatorNormProjector(model, 1.0)
+    with pytest.raises(ParameterError, match=r"input_shape: layer '0' has stride \(2, 2\).*\(7, 7\)"):
+        model(torch.zeros(1, 1, 7, 7))
+    assert projector.input_shapes == {"0": None} and len(model[0]._forward_pre_hooks) == 1
+    model(torch.zeros(1, 1, 8, 8))
+    assert projector.input_shapes == {"0": (8, 8)} and len(model[0]._forward_pre_hooks) == 0
+    # the parametrization likewise: the failing pass raises, the next valid one defines the weight
+    conv = register_operator_norm_constraint(nn.Conv2d(1, 2, 3, stride=2), 0.5, iterations=2)
+    with pytest.raises(ParameterError, match=r"input_shape: layer 'module' has stride \(2, 2\).*\(7, 7\)"):
+        conv(torch.zeros(1, 1, 7, 7))
+    conv(torch.zeros(1, 1, 8, 8))
+    assert conv.parametrizations.weight[0].input_shape == (8, 8) and len(conv._forward_pre_hooks) == 0
+    original = conv.parametrizations.weight.original
+    assert torch.equal(conv.weight, direct(conv, original, (8, 8), 0.5, iterations=2))
+
+
+def test_a_deep_copy_made_before_the_first_forward_pass_records_into_the_copy_only():
+    convs = [0, 2, 4]
+    unknown = {"0": None, "2": None, "4": None}
+    model = small_model()
+    projector = OperatorNormProjector(model, 1.0)
+    twin = copy.deepcopy(model)
+    twin(torch.zeros(1, 2, 12, 12))
+    assert projector.input_shapes == unknown  # the copy's hooks wrote into copies of the records
+    assert all(len(model[i]._forward_pre_hooks) == 1 and len(twin[i]._forward_pre_hooks) == 0 for i in convs)
+    model(torch.zeros(1, 2, 8, 8))
+    assert projector.input_shapes == {"0": (8, 8), "2": (8, 8), "4": (4, 4)}
+
+    # the model copied together with its projector: the copy's projector learns the copy's sizes
+    model = small_model()
+    projector = OperatorNormProjector(model, 1.0)
+    twin_model, twin_projector = copy.deepcopy((model, projector))
+    assert [layer.module for layer in twin_projector.layers] == [twin_model[i] for i in convs]
+    twin_model(torch.zeros(1, 2, 12, 12))
+    assert twin_projector.input_shapes == {"0": (12, 12), "2": (12, 12), "4": (6, 6)}
+    assert projector.input_shapes == unknown
+    lone = copy.deepcopy(projector)  # a projector alone: its (copied) layers record when they run
+    lone.layers[0].module(torch.zeros(1, 2, 6, 6))
+    assert lone.input_shapes["0"] == (6, 6) and projector.input_shapes == unknown
+    model(torch.zeros(1, 2, 16, 16))
+    assert projector.input_shapes == {"0": (16, 16), "2": (16, 16), "4": (8, 8)}
+
+    # a constrained module copied before its first forward pass
+    torch.manual_seed(9)
+    conv = register_operator_norm_constraint(nn.Conv2d(2, 3, 3), 0.5, iterations=2)
+    twin_conv = copy.deepcopy(conv)
+    twin_conv(torch.zeros(1, 2, 6, 6))
+    assert twin_conv.parametrizations.weight[0].input_shape == (6, 6)
+    assert conv.parametrizations.weight[0].input_shape is None and len(conv._forward_pre_hooks) == 1
+    with pytest.raises(ConvSpectraError, match="input size of this Conv2d is not known yet"):
+        _ = conv.weight
+    conv(torch.zeros(1, 2, 9, 9))
+    assert conv.parametrizations.weight[0].input_shape == (9, 9)
+    for module, size in ((twin_conv, (6, 6)), (conv, (9, 9))):
+        original = module.parametrizations.weight.original
+        assert torch.equal(module.weight, direct(module, original, size, 0.5, iterations=2))
+
+
 def test_projection_before_any_forward_is_a_clear_error():
     projector = OperatorNormProjector(small_model(), 1.0)
     with pytest.raises(ConvSpectraError, match="input size of layer '0' is not known yet"):

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import integer
 from .operator import dense_matrix
 from .spectrum import singular_values
 
-__all__ = ["DemoLayer", "DemoResult", "run_demo"]
+__all__ = ["DemoLayer", "DemoResult", "digits_cnn", "digits_split", "load_digits", "run_demo"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,18 @@ class DemoResult:
         return asdict(self)
 
 
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digit images, offline: ``(1797, 1, 8, 8)`` float32 in [0, 1], and int64 labels.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
+
+    Example:
+        >>> from convspectra.demo import load_digits
+        >>> images, labels = load_digits()
+        >>> images.shape, images.dtype, labels[:5].tolist()
+        ((1797, 1, 8, 8), dtype('float32'), [0, 1, 2, 3, 4])
+    """
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -73,8 +85,48 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
-def _model(torch: Any) -> Any:
-    nn = torch.nn
+def digits_split(seed: int = 0) -> tuple[Any, Any, Any, Any]:
+    """The demo's split of :func:`load_digits`: a random 80% to train on, 20% to test, as torch tensors.
+
+    Args:
+        seed: seed of the permutation.
+
+    Returns:
+        ``(x_train, y_train, x_test, y_test)``: 1438 and 359 images ``(N, 1, 8, 8)`` and their labels.
+
+    Example:
+        >>> from convspectra.demo import digits_split
+        >>> [tuple(part.shape) for part in digits_split(seed=0)]
+        [(1438, 1, 8, 8), (1438,), (359, 1, 8, 8), (359,)]
+    """
+    import torch
+
+    images, labels = load_digits()
+    order = np.random.default_rng(integer("seed", seed, minimum=0)).permutation(len(images))
+    test_size = len(images) // 5
+    test, train = order[:test_size], order[test_size:]
+    return (
+        torch.from_numpy(images[train]),
+        torch.from_numpy(labels[train]),
+        torch.from_numpy(images[test]),
+        torch.from_numpy(labels[test]),
+    )
+
+
+def digits_cnn() -> Any:
+    """The demo's small CNN: three 3x3 convolutions with circular padding (the second with stride 2), ReLUs, a Linear.
+
+    Every convolution pads circularly with "same" padding, so each layer *is* the circular
+    operator whose spectrum convspectra computes. Input ``(N, 1, 8, 8)``, output 10 logits.
+
+    Example:
+        >>> import torch
+        >>> from convspectra.demo import digits_cnn
+        >>> digits_cnn()(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+    from torch import nn
+
     return nn.Sequential(
         nn.Conv2d(1, 16, 3, padding=1, padding_mode="circular"),
         nn.ReLU(),
@@ -97,7 +149,7 @@ def _dense_singular_values(weight: np.ndarray, size: tuple[int, ...], stride: tu
     return np.linalg.svd(dense_matrix(weight, size, stride=stride), compute_uv=False)
 
 
-def run_demo(epochs: int = 5, seed: int = 0) -> DemoResult:
+def run_demo(epochs: int = 5, *, seed: int = 0) -> DemoResult:
     """Train the digits CNN and measure the exact spectrum of each of its convolutions.
 
     Args:
@@ -106,19 +158,21 @@ def run_demo(epochs: int = 5, seed: int = 0) -> DemoResult:
 
     Returns:
         A :class:`DemoResult`.
+
+    Raises:
+        ParameterError, ParameterTypeError: ``epochs`` not a positive int, or ``seed`` a negative one.
+        ImportError: scikit-learn is not installed.
     """
     import torch
 
-    images, labels = _load_digits()
-    order = np.random.default_rng(seed).permutation(len(images))
-    test_size = len(images) // 5
-    test, train = order[:test_size], order[test_size:]
-    x_train, y_train = torch.from_numpy(images[train]), torch.from_numpy(labels[train])
-    x_test, y_test = torch.from_numpy(images[test]), torch.from_numpy(labels[test])
+    from .nn import capture_input_shapes
+
+    epochs = integer("epochs", epochs)
+    x_train, y_train, x_test, y_test = digits_split(seed)
 
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = _model(torch)
+    model = digits_cnn()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
     start = time.perf_counter()
     for _ in range(epochs):
@@ -129,27 +183,16 @@ def run_demo(epochs: int = 5, seed: int = 0) -> DemoResult:
             optimiser.step()
     train_seconds = time.perf_counter() - start
 
-    convs = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
-    seen: dict[str, tuple[int, ...]] = {}
-
-    def record(name: str) -> Any:
-        def hook(module: Any, args: tuple[Any, ...], output: Any) -> None:
-            seen[name] = tuple(args[0].shape[2:])  # the spatial size this layer really sees
-
-        return hook
-
-    hooks = [module.register_forward_hook(record(name)) for name, module in convs]
     with torch.no_grad():
         accuracy = float((model(x_test).argmax(dim=1) == y_test).float().mean())
-    for hook in hooks:
-        hook.remove()
+    sizes = capture_input_shapes(model, x_test[:1])  # the spatial size each convolution really sees
 
     layers = []
     bound = 1.0
-    for name, module in convs:
+    for name, size in sizes.items():
+        module = model.get_submodule(name)
         weight = module.weight.detach().double().numpy()
         stride = tuple(module.stride)
-        size = seen[name]
         exact, fourier_seconds = _timed(singular_values, weight, size, stride=stride)
         dense, dense_seconds = _timed(_dense_singular_values, weight, size, stride)
         reshaped = float(np.linalg.norm(weight.reshape(weight.shape[0], -1), 2))
@@ -172,8 +215,8 @@ def run_demo(epochs: int = 5, seed: int = 0) -> DemoResult:
     linear = model[-1].weight.detach().double().numpy()
     bound *= float(np.linalg.norm(linear, 2))  # ReLU is 1-Lipschitz, flattening an isometry
     return DemoResult(
-        train_images=len(train),
-        test_images=len(test),
+        train_images=len(x_train),
+        test_images=len(x_test),
         epochs=epochs,
         train_seconds=train_seconds,
         test_accuracy=accuracy,

@@ -5,8 +5,11 @@ records for every ``torch.nn.Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d`` and ``Lin
 spatial size of its input (so strides, pooling and any resizing inside the model are accounted
 for) and whether its output goes straight into a ``BatchNorm`` (the pair that
 :func:`~convspectra.analysis.fold_batchnorm` can fold). Eager modules are observed with forward
-hooks; TorchScript modules (which do not support hooks) with a PyTorch dispatch mode that sees
-every convolution and matrix product and matches their weights to the module's parameters.
+hooks: the sizes of every call by the package's one input-size recorder
+(:class:`convspectra.nn.recording.InputSizeRecorder`), the conv -> BatchNorm links by hooks of
+this module. TorchScript modules (which do not support hooks) are observed with a PyTorch
+dispatch mode that sees every convolution and matrix product and matches their weights to the
+module's parameters.
 
 The model is left as it was: its training flag is restored and no parameter or buffer changes
 (BatchNorm statistics are not updated in eval mode).
@@ -24,20 +27,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._backend import conv_module_types, is_conv_module
 from ..errors import ParameterError, ParameterTypeError
+from ..nn.recording import InputCall, InputSizeRecorder, eval_mode, input_size
 
 __all__ = ["LayerCall", "collect_layers", "detached_copy", "eval_mode", "make_example_input"]
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 _BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_SCRIPT_CONV_NAMES = {cls.__name__: cls for cls in _CONV}
+_SCRIPT_CONV_NAMES = {cls.__name__: cls for kind in conv_module_types() for cls in kind}
 _SCRIPT_BATCHNORM_NAMES = {cls.__name__: cls for cls in _BATCHNORM}
 
 
@@ -91,32 +94,25 @@ def make_example_input(model: nn.Module, example_input: Any) -> torch.Tensor:
     )
 
 
-def _spatial(module: Any, shape: torch.Size) -> tuple[int, ...]:
-    if isinstance(module, nn.Linear):
-        return (int(shape[-1]),)
-    ndim = module.weight.dim() - 2
-    return tuple(int(size) for size in shape[-ndim:])
-
-
 class _Recorder:
-    """Collects (module name, input size) calls in order, and conv output -> BatchNorm links."""
+    """The layer calls in order (name, module, input size) and the conv output -> BatchNorm links."""
 
-    def __init__(self) -> None:
-        self.order: list[tuple[str, tuple[int, ...]]] = []
-        self.modules: dict[str, nn.Module] = {}
+    def __init__(self, calls: list[InputCall] | None = None) -> None:
+        self.calls: list[InputCall] = [] if calls is None else calls
         self.outputs: dict[int, tuple[int, torch.Tensor]] = {}  # key -> (call index, tensor kept alive)
         self.links: dict[int, str] = {}  # call index -> BatchNorm name
         self.batchnorms: dict[str, nn.Module] = {}
 
     def call(self, name: str, module: nn.Module, size: tuple[int, ...]) -> int:
-        self.modules[name] = module
-        self.order.append((name, size))
-        return len(self.order) - 1
+        self.calls.append(InputCall(name, module, size))
+        return len(self.calls) - 1
 
     def layers(self) -> list[LayerCall]:
         grouped: dict[tuple[str, tuple[int, ...]], list[int]] = {}
-        for index, key in enumerate(self.order):
-            grouped.setdefault(key, []).append(index)
+        modules: dict[str, nn.Module] = {}
+        for index, call in enumerate(self.calls):
+            grouped.setdefault((call.name, call.input_shape), []).append(index)
+            modules[call.name] = call.module
         result: list[LayerCall] = []
         seen: dict[str, int] = {}
         for (name, size), indices in grouped.items():
@@ -126,7 +122,7 @@ class _Recorder:
             result.append(
                 LayerCall(
                     name=name if seen[name] == 1 else f"{name}#{seen[name]}",
-                    module=self.modules[name],
+                    module=modules[name],
                     input_shape=size,
                     calls=len(indices),
                     batchnorm_name=bn_name,
@@ -149,19 +145,16 @@ def _run(model: nn.Module, example: torch.Tensor, context: Any) -> None:
 
 
 def _collect_eager(model: nn.Module, example: torch.Tensor) -> list[LayerCall]:
-    recorder = _Recorder()
+    sizes = InputSizeRecorder()
+    recorder = _Recorder(sizes.calls)
     handles = []
 
-    def pre_hook(name: str) -> Any:
-        def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
-            index = recorder.call(name, module, _spatial(module, inputs[0].shape))
-            module._convspectra_call = index  # type: ignore[assignment]
+    def post_hook(name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, torch.Tensor):
+                recorder.outputs[id(output)] = (sizes.last_call[name], output)
 
         return hook
-
-    def post_hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        if isinstance(output, torch.Tensor):
-            recorder.outputs[id(output)] = (module._convspectra_call, output)  # type: ignore[assignment]
 
     def bn_hook(name: str) -> Any:
         def hook(module: nn.Module, inputs: tuple[Any, ...]) -> None:
@@ -172,29 +165,19 @@ def _collect_eager(model: nn.Module, example: torch.Tensor) -> list[LayerCall]:
 
         return hook
 
-    try:
-        for name, module in model.named_modules():
-            if isinstance(module, (*_CONV, nn.Linear)):
-                handles.append(module.register_forward_pre_hook(pre_hook(name)))
-                handles.append(module.register_forward_hook(post_hook))
-            elif isinstance(module, _BATCHNORM):
-                handles.append(module.register_forward_pre_hook(bn_hook(name)))
-        _run(model, example, _null_context())
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module in model.modules():
-            if hasattr(module, "_convspectra_call"):
-                del module._convspectra_call
+    with sizes:
+        try:
+            for name, module in model.named_modules():
+                if is_conv_module(module) or isinstance(module, nn.Linear):
+                    sizes.record_calls(name, module)
+                    handles.append(module.register_forward_hook(post_hook(name)))
+                elif isinstance(module, _BATCHNORM):
+                    handles.append(module.register_forward_pre_hook(bn_hook(name)))
+            _run(model, example, contextlib.nullcontext())
+        finally:
+            for handle in handles:
+                handle.remove()
     return recorder.layers()
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: Any) -> None:
-        return None
 
 
 def _eager_copy(module: Any) -> nn.Module:
@@ -267,7 +250,7 @@ def _collect_script(model: Any, example: torch.Tensor) -> list[LayerCall]:
                 name = layer_weights.get(key(tensors[1]))
                 if name is not None:
                     module = eager.setdefault(name, _eager_copy(script_modules[name]))
-                    index = recorder.call(name, module, _spatial(module, tensors[0].shape))
+                    index = recorder.call(name, module, input_size(module, tensors[0]))
                     recorder.outputs[out.data_ptr()] = (index, out)
             elif packet in (torch.ops.aten.addmm, torch.ops.aten.mm, torch.ops.aten.matmul, torch.ops.aten.linear):
                 for tensor in tensors:
@@ -311,18 +294,6 @@ def collect_layers(model: nn.Module, example_input: Any) -> list[LayerCall]:
         if isinstance(model, torch.jit.ScriptModule):
             return _collect_script(model, example)
         return _collect_eager(model, example)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode for the block, then restore each one's own training flag."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def detached_copy(module: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:

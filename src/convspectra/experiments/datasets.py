@@ -7,7 +7,7 @@
 * Fashion-MNIST (or MNIST) from a directory of its four IDX files, gzip-compressed or raw
   (``train-images-idx3-ubyte[.gz]``, ``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]``,
   ``t10k-labels-idx1-ubyte[.gz]``); Debian's ``dataset-fashion-mnist`` package installs them in
-  ``/usr/share/datasets/fashion-mnist``.
+  ``/usr/share/datasets/fashion-mnist`` (the format: :mod:`convspectra.experiments.idx`).
 * Tiny synthetic datasets written in exactly those formats, for tests (:func:`write_synthetic_cifar`,
   :func:`write_synthetic_idx`).
 
@@ -25,17 +25,16 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import os
 import pickle
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from .._checks import integer
 from ..errors import ParameterError
+from .idx import read_idx, write_idx
 
 __all__ = [
     "DATASETS",
@@ -59,14 +58,6 @@ IDX_FILES = {
     "train_labels": "train-labels-idx1-ubyte",
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
-}
-_IDX_DTYPES: dict[int, np.dtype[Any]] = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
 }
 
 
@@ -101,15 +92,14 @@ class ImageDataset:
             seed: seed of the selection (independent of the training seeds, so every arm sees the same data).
 
         Raises:
-            ParameterError: if a requested size is not in ``[1, available]``.
+            ParameterError, ParameterTypeError: a requested size that is not an integer in ``[1, available]``.
         """
         rng = np.random.default_rng(seed)
 
         def pick(images: np.ndarray, labels: np.ndarray, count: int | None, name: str) -> tuple[np.ndarray, ...]:
             if count is None:
                 return images, labels
-            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(labels):
-                raise ParameterError(f"{name}: expected an integer in [1, {len(labels)}], got {count!r}")
+            integer(name, count, maximum=len(labels))
             index = np.sort(rng.permutation(len(labels))[:count])
             return images[index], labels[index]
 
@@ -121,82 +111,6 @@ class ImageDataset:
 
 
 # ----------------------------------------------------------------------------------------- IDX files
-
-
-def _open_maybe_gzip(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        head = handle.read(2)
-    opener = gzip.open if head == b"\x1f\x8b" else open
-    with opener(path, "rb") as handle:
-        return handle.read()
-
-
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an IDX file (the MNIST / Fashion-MNIST format), gzip-compressed or raw.
-
-    The format: two zero bytes, a type byte (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
-    0x0D float32, 0x0E float64), a byte giving the number of dimensions ``d``, ``d`` big-endian
-    uint32 sizes, then the data in C order.
-
-    Args:
-        path: the file; compression is detected from its first bytes, not its name.
-
-    Returns:
-        The array, in native byte order.
-
-    Raises:
-        ParameterError: if the file is not a well-formed IDX file (bad magic, type or length).
-
-    Example:
-        >>> import tempfile, os, numpy as np
-        >>> path = os.path.join(tempfile.mkdtemp(), "x-idx1-ubyte")
-        >>> write_idx(path, np.arange(5, dtype=np.uint8))
-        >>> read_idx(path)
-        array([0, 1, 2, 3, 4], dtype=uint8)
-    """
-    path = Path(path)
-    try:
-        data = _open_maybe_gzip(path)
-    except (OSError, EOFError) as err:
-        raise ParameterError(f"path: expected a readable IDX file, got {str(path)!r} ({err})") from err
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ParameterError(
-            f"path: expected an IDX file (magic 0x0000, type byte in {sorted(_IDX_DTYPES)}), got {str(path)!r} "
-            f"starting with {data[:4].hex() or 'nothing'}"
-        )
-    dtype, ndim = _IDX_DTYPES[data[2]], data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ParameterError(f"path: expected an IDX header of {header} bytes, got {len(data)} bytes in {str(path)!r}")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) - header != expected:
-        raise ParameterError(
-            f"path: expected {expected} data bytes for shape {shape} in {str(path)!r}, got {len(data) - header}"
-        )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def write_idx(path: str | os.PathLike[str], array: np.ndarray, *, gzip_file: bool = False) -> None:
-    """Write ``array`` as an IDX file (uint8, int8, int16, int32, float32 or float64), optionally gzipped.
-
-    Example:
-        >>> import tempfile, os, numpy as np
-        >>> path = os.path.join(tempfile.mkdtemp(), "y.gz")
-        >>> write_idx(path, np.ones((2, 3), np.uint8), gzip_file=True)
-        >>> read_idx(path).shape
-        (2, 3)
-    """
-    array = np.asarray(array)
-    codes = {dtype.newbyteorder("=").str: code for code, dtype in _IDX_DTYPES.items()}
-    code = codes.get(array.dtype.newbyteorder("=").str)
-    if code is None:
-        raise ParameterError(f"array: expected one of the IDX dtypes, got {array.dtype}")
-    big = array.astype(_IDX_DTYPES[code], copy=False)
-    payload = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + big.tobytes()
-    opener = gzip.open if gzip_file else open
-    with opener(path, "wb") as handle:
-        handle.write(payload)
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
@@ -346,17 +260,32 @@ def load_cifar10(directory: str | os.PathLike[str], *, download: bool = False) -
     )
 
 
+def _default_cifar_folder() -> Path:
+    """``$CONVSPECTRA_DATA/cifar10``; an error naming both ways to give the folder when the variable is unset."""
+    from ..models.pretrained import DATA_ENV, data_directory
+
+    root = data_directory()
+    if root is None:
+        raise ParameterError(
+            f"data_dir: expected the CIFAR-10 folder (pass it with --data-dir / data_dir, or set {DATA_ENV} to a "
+            f"folder whose cifar10/ subfolder holds it), got none and {DATA_ENV} is not set"
+        )
+    return root / "cifar10"
+
+
 def load_dataset(name: str, directory: str | os.PathLike[str] | None = None, *, download: bool = False) -> ImageDataset:
     """Load ``"cifar10"`` or ``"fashion-mnist"`` from ``directory`` (see the module docstring).
 
     Args:
         name: one of :data:`DATASETS`.
-        directory: the data folder; ``None`` uses :data:`DEFAULT_DIRECTORIES` (Debian's Fashion-MNIST
-            location) or, for CIFAR-10, ``./data/cifar10``.
+        directory: the data folder; ``None`` uses, for CIFAR-10, ``$CONVSPECTRA_DATA/cifar10``
+            (the data folder of :func:`convspectra.models.data_directory`; an error when the
+            variable is not set) and, for Fashion-MNIST, :data:`DEFAULT_DIRECTORIES` (Debian's location).
         download: CIFAR-10 only: download with torchvision when the batches are missing.
 
     Raises:
-        ParameterError: for an unknown name, or ``download`` with Fashion-MNIST.
+        ParameterError: for an unknown name, ``download`` with Fashion-MNIST, or CIFAR-10 without
+            ``directory`` and without ``CONVSPECTRA_DATA``.
 
     Example:
         >>> load_dataset("imagenet")
@@ -367,7 +296,7 @@ def load_dataset(name: str, directory: str | os.PathLike[str] | None = None, *, 
     if name not in DATASETS:
         raise ParameterError(f"dataset: expected one of {DATASETS}, got {name!r}")
     if name == "cifar10":
-        folder = Path(directory) if directory is not None else Path("data") / "cifar10"
+        folder = Path(directory) if directory is not None else _default_cifar_folder()
         batches = folder / "cifar-10-batches-py"
         have = (folder / CIFAR_TEST_BATCH).is_file() or (batches / CIFAR_TEST_BATCH).is_file()
         return load_cifar10(folder, download=download and not have)

@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from .._backend import resolve_device
+from .._checks import integer, real
 from ..errors import ParameterError
 
 __all__ = [
@@ -232,22 +234,6 @@ def _methods(device: str) -> dict[str, Callable[[np.ndarray, int], Callable[[], 
     return methods
 
 
-def _resolve_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise ParameterError(f"device: expected 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "cpu":
-        return "cpu"
-    try:
-        import torch
-
-        available = torch.cuda.is_available()
-    except ImportError:
-        available = False
-    if device == "cuda" and not available:
-        raise ParameterError("device: expected an available device, got 'cuda' but torch sees no CUDA GPU")
-    return "cuda" if available else "cpu"
-
-
 def _as_sorted(values: Any) -> np.ndarray:
     if hasattr(values, "detach"):
         values = values.detach().cpu().double().numpy()
@@ -279,18 +265,16 @@ def run_figure1(
         A :class:`Figure1Result`.
 
     Raises:
-        ParameterError: for a bad ``repeats``, ``budget``, ``device`` or panel.
+        ParameterError, ParameterTypeError: for a bad ``repeats``, ``budget``, ``device`` or panel.
     """
     from .machine import machine_description
 
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ParameterError(f"repeats: expected a positive integer, got {repeats!r}")
-    if not isinstance(budget, (int, float)) or not budget > 0 or not math.isfinite(budget):
-        raise ParameterError(f"budget: expected a positive number of seconds, got {budget!r}")
+    repeats = integer("repeats", repeats)
+    budget = real("budget", budget, minimum=0.0, open_below=True)
     for panel in panels:
         if panel.kernel_size > panel.input_size or not panel.channels or min(panel.channels) < 1:
             raise ParameterError(f"panels: expected kernel <= input and positive channel counts, got {panel!r}")
-    device = _resolve_device(device)
+    device = resolve_device(device)
     methods = _methods(device)
     svd_rate = _calibrate_svd()
     rng = np.random.default_rng(seed)

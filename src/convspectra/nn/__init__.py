@@ -6,7 +6,9 @@
   constraint at every forward pass (``torch.nn.utils.parametrize``).
 * :func:`l1_penalty`, :func:`operator_norm_penalty`: loss terms (Proposition 11's bound, and a
   hinge on the exact operator norm).
-* :func:`conv_layers`, :func:`capture_input_shapes`: layer selection and input sizes.
+* :func:`conv_layers`: layer selection; :func:`capture_input_shapes` and
+  :class:`~convspectra.nn.recording.InputSizeRecorder`: the input size each layer sees (the one
+  recorder of the package, also used by the report's layer walk, the training runner and the demo).
 * ``convspectra.nn.lightning.OperatorNormCallback``: the projector as a Lightning callback
   (imported separately; needs ``lightning``).
 
@@ -22,7 +24,7 @@ Example:
     OperatorNormProjector(1 layers, every=100, method='alternating', iterations=1, steps=0, projections=0)
 """
 
-from .layers import ConvLayer, capture_input_shapes, conv_layers
+from .layers import ConvLayer, conv_layers
 from .parametrization import (
     OperatorNormConstraint,
     register_operator_norm_constraint,
@@ -30,9 +32,11 @@ from .parametrization import (
 )
 from .penalties import l1_penalty, operator_norm_penalty
 from .projector import OperatorNormProjector, project_layers
+from .recording import InputSizeRecorder, capture_input_shapes
 
 __all__ = [
     "ConvLayer",
+    "InputSizeRecorder",
     "OperatorNormConstraint",
     "OperatorNormProjector",
     "capture_input_shapes",

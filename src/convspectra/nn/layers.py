@@ -1,64 +1,41 @@
-"""Which convolutions of a model to control, at which bound, and the input size each one sees.
+"""Which convolutions of a model to control, and at which bound.
 
-Shared by the projector, the parametrization, the Lightning callback and the penalties:
-
-* :func:`conv_layers` selects the ``Conv1d/2d/3d`` and ``ConvTranspose1d/2d/3d`` modules of a
-  model (all of them, a list of names or modules, or a predicate) and attaches a bound to each;
-* :func:`capture_input_shapes` runs one forward pass and records the spatial size of every
-  selected layer's input;
-* :class:`ShapeRecorder` does the same lazily: forward pre-hooks that record the size the first
-  time each layer runs and then remove themselves.
-
-The size matters because the operator whose norm is controlled is the layer's circular
-(wrap-around) convolution on an input of that size, as in Sedghi, Gupta & Long (2019).
+Shared by the projector, the parametrization, the Lightning callback, the penalties and the
+training runner: :func:`conv_layers` selects the ``Conv1d/2d/3d`` and ``ConvTranspose1d/2d/3d``
+modules of a model (all of them, a list of names or modules, or a predicate) and attaches a bound
+to each, as a :class:`ConvLayer` record. The record's input size (the operator whose norm is
+controlled is the layer's circular convolution on an input of that size) is filled in by
+:mod:`convspectra.nn.recording`.
 
 Example:
     >>> import torch
-    >>> from convspectra.nn import capture_input_shapes, conv_layers
+    >>> from convspectra.nn import conv_layers
     >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
     ...                             torch.nn.Conv2d(4, 4, 3, stride=2, padding=1))
-    >>> [(layer.name, layer.max_norm) for layer in conv_layers(model, 1.0)]
-    [('0', 1.0), ('2', 1.0)]
-    >>> capture_input_shapes(model, torch.zeros(1, 1, 8, 8))
-    {'0': (8, 8), '2': (8, 8)}
+    >>> [(layer.name, layer.max_norm, layer.geometry()["stride"]) for layer in conv_layers(model, 1.0)]
+    [('0', 1.0, (1, 1)), ('2', 1.0, (2, 2))]
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .._backend import conv_module_types, is_conv_module, is_transposed_module, module_geometry
+from .._checks import real
 from ..errors import ConvSpectraError, ParameterError, ParameterTypeError
 
-__all__ = [
-    "CONV_TYPES",
-    "TRANSPOSED_TYPES",
-    "ConvLayer",
-    "ShapeRecorder",
-    "assign_input_shapes",
-    "capture_input_shapes",
-    "check_input_shape",
-    "conv_layers",
-]
+__all__ = ["CONV_TYPES", "TRANSPOSED_TYPES", "ConvLayer", "LayerKey", "LayerSelection", "ShapeLike", "conv_layers"]
 
-#: The module types whose weights are controlled.
-CONV_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
-#: The transposed ones (their weight is the adjoint's; the input size is the transposed layer's input).
-TRANSPOSED_TYPES: tuple[type[nn.Module], ...] = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_FORWARD_TYPES, _TRANSPOSED_TYPES = conv_module_types()
+#: The transposed module types (their weight is the adjoint's; the input size is the transposed layer's input).
+TRANSPOSED_TYPES: tuple[type[nn.Module], ...] = _TRANSPOSED_TYPES
+#: The module types whose weights are controlled (``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``).
+CONV_TYPES: tuple[type[nn.Module], ...] = _FORWARD_TYPES + _TRANSPOSED_TYPES
 
 LayerKey = str | nn.Module
 LayerSelection = Iterable[LayerKey] | Callable[[str, nn.Module], bool] | None
@@ -89,17 +66,11 @@ class ConvLayer:
     @property
     def transposed(self) -> bool:
         """Whether the layer is a ``ConvTranspose``."""
-        return isinstance(self.module, TRANSPOSED_TYPES)
+        return is_transposed_module(self.module)
 
     def geometry(self) -> dict[str, Any]:
         """``stride``, ``dilation``, ``groups`` and ``transposed`` as keyword arguments for the core."""
-        module = self.module
-        return {
-            "stride": tuple(module.stride),
-            "dilation": tuple(module.dilation),
-            "groups": int(module.groups),
-            "transposed": self.transposed,
-        }
+        return module_geometry(self.module)
 
     def require_input_shape(self) -> tuple[int, ...]:
         """The input size, or a clear error when no forward pass has recorded it."""
@@ -116,65 +87,10 @@ def _display(name: str, module: nn.Module) -> str:
     return repr(name) if name else f"the model itself ({type(module).__name__})"
 
 
-def check_input_shape(name: str, module: Any, shape: ShapeLike) -> tuple[int, ...]:
-    """Validate a layer's input size: one positive int per spatial axis, divisible by the stride.
-
-    Args:
-        name: the layer's name (for the message).
-        module: the conv module.
-        shape: an int (every axis) or one int per spatial axis.
-
-    Returns:
-        The size as a tuple of ints.
-
-    Raises:
-        ParameterTypeError: not an int or a sequence of ints.
-        ParameterError: wrong length, non-positive sides, or (for a forward convolution) a side
-            that the stride does not divide: the circular operator is then undefined.
-
-    Example:
-        >>> import torch
-        >>> from convspectra.nn.layers import check_input_shape
-        >>> check_input_shape("c", torch.nn.Conv2d(1, 1, 3, stride=2), 8)
-        (8, 8)
-    """
-    ndim = len(module.kernel_size)
-    if isinstance(shape, bool) or not (
-        isinstance(shape, numbers.Integral) or (isinstance(shape, Sequence) and not isinstance(shape, (str, bytes)))
-    ):
-        raise ParameterTypeError(f"input_shape: expected an int or {ndim} ints for layer {name!r}, got {shape!r}")
-    sides = (shape,) * ndim if isinstance(shape, numbers.Integral) else tuple(shape)
-    if len(sides) != ndim:
-        raise ParameterError(
-            f"input_shape: expected {ndim} spatial sizes for layer {name!r} ({type(module).__name__}), got {shape!r}"
-        )
-    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sides):
-        raise ParameterError(f"input_shape: expected positive integers for layer {name!r}, got {shape!r}")
-    sides = tuple(int(s) for s in sides)
-    if not isinstance(module, TRANSPOSED_TYPES):
-        stride = tuple(module.stride)
-        if any(n % s for n, s in zip(sides, stride, strict=True)):
-            raise ParameterError(
-                f"input_shape: layer {name!r} has stride {stride}, which does not divide its input size {sides}; "
-                "the circular operator whose norm is controlled is defined only when every side is a multiple "
-                "of its stride (crop or pad the input, or leave this layer out with `layers`)"
-            )
-    return sides
-
-
-def _check_bound(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ParameterTypeError(f"{name}: expected a positive finite number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ParameterError(f"{name}: expected a positive finite number, got {value!r}")
-    return value
-
-
 def _all_convs(model: nn.Module) -> list[tuple[str, nn.Module]]:
     if not isinstance(model, nn.Module):
         raise ParameterTypeError(f"model: expected a torch.nn.Module, got {type(model).__qualname__}")
-    return [(name, module) for name, module in model.named_modules() if isinstance(module, CONV_TYPES)]
+    return [(name, module) for name, module in model.named_modules() if is_conv_module(module)]
 
 
 def _resolve(key: Any, convs: list[tuple[str, nn.Module]], what: str) -> tuple[str, nn.Module]:
@@ -245,9 +161,9 @@ def conv_layers(
         bounds = {}
         for key, value in max_norm.items():
             name, module = _resolve(key, convs, "max_norm")
-            bounds[name] = _check_bound(f"max_norm[{name!r}]", value)
+            bounds[name] = real(f"max_norm[{name!r}]", value, minimum=0.0, open_below=True)
     else:
-        common = _check_bound("max_norm", max_norm)
+        common = real("max_norm", max_norm, minimum=0.0, open_below=True)
         bounds = None
 
     if layers is None:
@@ -282,116 +198,3 @@ def conv_layers(
             raise ParameterError(f"max_norm: expected a bound for every selected layer, got none for {name!r}")
         selected.append(ConvLayer(name, module, bounds[name] if bounds is not None else common))
     return selected
-
-
-def _spatial_shape(module: Any, inputs: tuple[Any, ...]) -> tuple[int, ...]:
-    ndim = len(module.kernel_size)
-    return tuple(int(size) for size in inputs[0].shape[-ndim:])
-
-
-class ShapeRecorder:
-    """Forward pre-hooks that record each layer's input size once, then remove themselves.
-
-    A layer that runs several times in one pass (a shared module) keeps the first size.
-    The size is checked when recorded (a stride that does not divide it raises
-    :class:`~convspectra.errors.ParameterError` from the forward pass).
-
-    Args:
-        layers: the layers whose ``input_shape`` is still ``None`` get a hook.
-
-    Example:
-        >>> import torch
-        >>> from convspectra.nn.layers import ShapeRecorder, conv_layers
-        >>> model = torch.nn.Conv2d(1, 1, 3)
-        >>> layers = conv_layers(model, 1.0)
-        >>> recorder = ShapeRecorder(layers)
-        >>> _ = model(torch.zeros(1, 1, 6, 5))
-        >>> layers[0].input_shape, recorder.pending
-        ((6, 5), 0)
-    """
-
-    def __init__(self, layers: Iterable[ConvLayer]) -> None:
-        self._handles: dict[int, Any] = {}
-        for layer in layers:
-            if layer.input_shape is None:
-                self._handles[id(layer)] = layer.module.register_forward_pre_hook(self._hook(layer))
-
-    def _hook(self, layer: ConvLayer) -> Callable[[nn.Module, tuple[Any, ...]], None]:
-        def record(module: nn.Module, inputs: tuple[Any, ...]) -> None:
-            handle = self._handles.pop(id(layer), None)
-            if handle is not None:
-                handle.remove()
-            layer.input_shape = check_input_shape(layer.name, module, _spatial_shape(module, inputs))
-
-        return record
-
-    @property
-    def pending(self) -> int:
-        """Number of layers whose size has not been seen yet."""
-        return len(self._handles)
-
-    def remove(self) -> None:
-        """Remove the hooks that have not fired."""
-        for handle in self._handles.values():
-            handle.remove()
-        self._handles.clear()
-
-
-def assign_input_shapes(layers: Sequence[ConvLayer], input_shapes: ShapeLike | Mapping[LayerKey, ShapeLike]) -> None:
-    """Set the input sizes given by the user: one size for all layers, or a mapping by name or module.
-
-    Raises:
-        ParameterError: a key that is not a selected layer, or an invalid size.
-    """
-    if isinstance(input_shapes, Mapping):
-        by_name = {layer.name: layer for layer in layers}
-        by_module = {id(layer.module): layer for layer in layers}
-        for key, shape in input_shapes.items():
-            if isinstance(key, str):
-                layer = by_name.get(key)
-            elif isinstance(key, nn.Module):
-                layer = by_module.get(id(key))
-            else:
-                raise ParameterTypeError(f"input_shapes: expected layer names or modules as keys, got {key!r}")
-            if layer is None:
-                raise ParameterError(f"input_shapes: expected keys naming selected conv layers, got {key!r}")
-            layer.input_shape = check_input_shape(layer.name, layer.module, shape)
-    else:
-        for layer in layers:
-            layer.input_shape = check_input_shape(layer.name, layer.module, input_shapes)
-
-
-def capture_input_shapes(
-    model: nn.Module, *inputs: Any, layers: LayerSelection = None, **kwargs: Any
-) -> dict[str, tuple[int, ...]]:
-    """Run ``model(*inputs, **kwargs)`` once without gradients and return each conv layer's input size.
-
-    Args:
-        model: the model.
-        *inputs, **kwargs: what its forward takes (a batch of one is enough).
-        layers: which convolutions (see :func:`conv_layers`); default all.
-
-    Returns:
-        ``{layer name: spatial input size}`` for every selected layer that ran.
-
-    Raises:
-        ParameterError: as :func:`conv_layers`, or a stride that does not divide a layer's input size.
-
-    Example:
-        >>> import torch
-        >>> from convspectra.nn import capture_input_shapes
-        >>> capture_input_shapes(torch.nn.Conv1d(2, 2, 3, stride=2), torch.zeros(1, 2, 10))
-        {'': (10,)}
-    """
-    selected = conv_layers(model, 1.0, layers, allow_parametrized=True)
-    recorder = ShapeRecorder(selected)
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()  # no side effects on BatchNorm statistics
-    try:
-        with torch.no_grad():
-            model(*inputs, **kwargs)
-    finally:
-        recorder.remove()
-        for module, training in modes:
-            module.training = training
-    return {layer.name: layer.input_shape for layer in selected if layer.input_shape is not None}

@@ -28,8 +28,9 @@ except ImportError as err:  # pragma: no cover - depends on the environment
     Callback = object  # type: ignore[assignment,misc]
     _LIGHTNING_ERROR = err
 
+from .._checks import integer
 from .layers import LayerKey, LayerSelection, ShapeLike
-from .projector import OperatorNormProjector, _check_positive_int
+from .projector import OperatorNormProjector
 
 __all__ = ["OperatorNormCallback"]
 
@@ -72,7 +73,7 @@ class OperatorNormCallback(Callback):
                 'OperatorNormCallback needs PyTorch Lightning: pip install "convspectra[lightning]" (lightning>=2.1)'
             ) from _LIGHTNING_ERROR
         super().__init__()
-        self.every = _check_positive_int("every", every)
+        self.every = integer("every", every)
         self._options: dict[str, Any] = {
             "max_norm": max_norm,
             "layers": layers,

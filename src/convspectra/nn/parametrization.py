@@ -43,9 +43,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .._backend import is_conv_module
 from ..errors import ConvSpectraError, ParameterError, ParameterTypeError
-from .layers import CONV_TYPES, ConvLayer, ShapeLike, check_input_shape
+from .layers import ConvLayer, ShapeLike, conv_layers
 from .projector import check_options, projected_kernels
+from .recording import InputSizeRecorder, check_input_shape
 
 __all__ = ["OperatorNormConstraint", "register_operator_norm_constraint", "remove_operator_norm_constraint"]
 
@@ -90,7 +92,7 @@ class OperatorNormConstraint(nn.Module):
         self.min_norm, self.iterations, self.method, self.rescale = min_norm, iterations, method, rescale
         self._source: torch.Tensor | None = None
         self._result: torch.Tensor | None = None
-        self._capture: Any = None
+        self._recorder = InputSizeRecorder()  # records input_shape on the first forward pass when not given
 
     def _project(self, weight: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         source = self._source
@@ -131,11 +133,15 @@ class OperatorNormConstraint(nn.Module):
         )
 
 
-def _constraint_of(module: Any) -> OperatorNormConstraint:
-    if not isinstance(module, CONV_TYPES):
+def _check_conv(module: Any) -> None:
+    if not is_conv_module(module):
         raise ParameterTypeError(
             f"module: expected a Conv1d/2d/3d or ConvTranspose1d/2d/3d module, got {type(module).__qualname__}"
         )
+
+
+def _constraint_of(module: Any) -> OperatorNormConstraint:
+    _check_conv(module)
     if parametrize.is_parametrized(module, "weight"):
         holder: Any = module.parametrizations
         for item in holder.weight:
@@ -168,8 +174,9 @@ def register_operator_norm_constraint(
         module: a ``Conv1d/2d/3d`` or ``ConvTranspose1d/2d/3d`` (stride, dilation and groups are read from it).
         max_norm: the bound c > 0.
         input_shape: the spatial size of the layer's input; ``None`` records it on the first
-            forward pass (a pre-hook that removes itself); reading ``module.weight`` before that
-            raises :class:`~convspectra.errors.ConvSpectraError`.
+            forward pass at a valid size (:class:`~convspectra.nn.recording.InputSizeRecorder`;
+            a ``copy.deepcopy`` of the module made before then records into the copy); reading
+            ``module.weight`` before that raises :class:`~convspectra.errors.ConvSpectraError`.
         min_norm, iterations, method: as :func:`convspectra.clip_operator_norm`.
         rescale: after the iterations, scale the kernel down onto the bound if its exact operator
             norm still exceeds it (one more spectrum; makes the constraint hold up to rounding to
@@ -191,12 +198,7 @@ def register_operator_norm_constraint(
         >>> float(cs.singular_values(conv.weight, 32)[0]) <= 1.0 + 1e-3
         True
     """
-    from .layers import conv_layers
-
-    if not isinstance(module, CONV_TYPES):
-        raise ParameterTypeError(
-            f"module: expected a Conv1d/2d/3d or ConvTranspose1d/2d/3d module, got {type(module).__qualname__}"
-        )
+    _check_conv(module)
     (layer,) = conv_layers(module, max_norm)  # rejects an already parametrized weight
     options = check_options([layer.max_norm], min_norm, iterations, method, rescale)
     if input_shape is not None:
@@ -205,15 +207,7 @@ def register_operator_norm_constraint(
         layer, min_norm=options[0], iterations=options[1], method=options[2], rescale=options[3]
     )
     if input_shape is None:
-
-        def record(mod: Any, inputs: tuple[Any, ...]) -> None:
-            ndim = len(mod.kernel_size)
-            shape = tuple(int(s) for s in inputs[0].shape[-ndim:])
-            constraint.input_shape = check_input_shape("module", mod, shape)
-            constraint._capture.remove()
-            constraint._capture = None
-
-        constraint._capture = module.register_forward_pre_hook(record)
+        constraint._recorder.record_first(constraint, module, label="module")
     parametrize.register_parametrization(module, "weight", constraint, unsafe=input_shape is None)
     return module
 
@@ -258,8 +252,6 @@ def remove_operator_norm_constraint(module: Any) -> Any:
             "input_shape: the constrained weight is not defined yet (no forward pass has recorded the input size); "
             "run one forward pass before removing the constraint"
         )
-    if constraint._capture is not None:
-        constraint._capture.remove()
-        constraint._capture = None
+    constraint._recorder.remove()
     parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     return module

@@ -31,7 +31,8 @@ from torch import nn
 
 from ..errors import ParameterError, ParameterTypeError
 from ..norm import operator_norm
-from .layers import CONV_TYPES, LayerKey, LayerSelection, ShapeLike, assign_input_shapes, conv_layers
+from .layers import CONV_TYPES, LayerKey, LayerSelection, ShapeLike, conv_layers
+from .recording import assign_input_shapes
 
 __all__ = ["l1_penalty", "operator_norm_penalty"]
 
@@ -94,13 +95,16 @@ def operator_norm_penalty(
 
     :math:`A(K_l)` is layer l's circular convolution on its input size (stride, dilation,
     groups and transposition from the module), :math:`\sigma_{\max}` its largest singular
-    value, computed exactly by :func:`convspectra.operator_norm` from the per-frequency
-    transfer matrices. Gradients are finite: a layer under its bound contributes 0; above it,
-    the gradient of its :math:`\sigma_{\max}`.
+    value, computed exactly by :func:`convspectra.operator_norm`. Gradients are finite: a layer
+    under its bound contributes 0; above it, the gradient of its :math:`\sigma_{\max}`.
 
-    Cost: every singular value of every selected layer, with an autograd graph, at each call
-    (for a CIFAR ResNet-32 a sizeable fraction of a training step on a CPU); apply it every few
-    steps, or use :class:`~convspectra.nn.OperatorNormProjector` for a hard bound.
+    Cost: one :func:`convspectra.operator_norm` per selected layer at each call, i.e. a branch
+    and bound over the layer's frequencies that decomposes only the frequencies whose cheap
+    bounds may still hold the maximum (not every singular value), with an autograd graph
+    through the top singular pair of the maximising frequency only. For a CIFAR ResNet-32 at
+    batch 128 one call with its backward pass takes about half to two thirds of a training
+    step on a CPU (see the docs' cost table); apply it every few steps, or use
+    :class:`~convspectra.nn.OperatorNormProjector` for a hard bound.
 
     Args:
         model: the model (or one conv module).

@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -47,40 +46,41 @@ import torch
 from torch import nn
 
 from .. import projection as _projection
-from ..errors import ConvSpectraError, ParameterError, ParameterTypeError
+from .._checks import choice, flag, integer, norm_bounds
+from ..errors import ConvSpectraError, ParameterTypeError
 from ..norm import operator_norm
-from .layers import ConvLayer, LayerKey, LayerSelection, ShapeLike, ShapeRecorder, assign_input_shapes, conv_layers
+from .layers import ConvLayer, LayerKey, LayerSelection, ShapeLike, conv_layers
+from .recording import InputSizeRecorder, assign_input_shapes
 
-__all__ = ["OperatorNormProjector", "project_layers"]
+__all__ = ["METHODS", "OperatorNormProjector", "check_options", "project_layers", "projected_kernels"]
 
-_METHODS = ("alternating", "dykstra")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ParameterTypeError(f"{name}: expected a positive int, got {value!r}")
-    if value < 1:
-        raise ParameterError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
+#: The projection methods of :func:`convspectra.clip_operator_norm`.
+METHODS = ("alternating", "dykstra")
 
 
 def check_options(
     max_norms: Sequence[float], min_norm: float | None, iterations: int, method: str, rescale: bool
 ) -> tuple[float | None, int, str, bool]:
-    """Validate the projection options shared by the projector, the callback and the parametrization."""
+    """Validate the projection options shared by the projector, the callback and the parametrization.
+
+    Args:
+        max_norms: the (already checked) bounds of the selected layers; ``min_norm`` may not exceed the smallest.
+        min_norm, iterations, method, rescale: as :class:`OperatorNormProjector`.
+
+    Returns:
+        ``(min_norm, iterations, method, rescale)`` normalised (float or None, int, str, bool).
+
+    Raises:
+        ParameterTypeError, ParameterError: an option of the wrong type or out of range.
+
+    Example:
+        >>> from convspectra.nn.projector import check_options
+        >>> check_options([1.0, 2.0], 0.5, 3, "dykstra", False)
+        (0.5, 3, 'dykstra', False)
+    """
     if min_norm is not None:
-        if isinstance(min_norm, bool) or not isinstance(min_norm, numbers.Real):
-            raise ParameterTypeError(f"min_norm: expected None or a number >= 0, got {min_norm!r}")
-        min_norm = float(min_norm)
-        smallest = min(max_norms)
-        if not math.isfinite(min_norm) or not 0 <= min_norm <= smallest:
-            raise ParameterError(f"min_norm: expected a number in [0, max_norm] = [0, {smallest}], got {min_norm!r}")
-    iterations = _check_positive_int("iterations", iterations)
-    if method not in _METHODS:
-        raise ParameterError(f"method: expected one of {list(_METHODS)}, got {method!r}")
-    if not isinstance(rescale, bool):
-        raise ParameterTypeError(f"rescale: expected True or False, got {rescale!r}")
-    return min_norm, iterations, method, rescale
+        _, min_norm = norm_bounds(min(max_norms), min_norm)
+    return min_norm, integer("iterations", iterations), choice("method", method, METHODS), flag("rescale", rescale)
 
 
 Job = tuple[torch.Tensor, tuple[int, ...], float, dict[str, Any]]
@@ -98,23 +98,20 @@ def projected_kernels(
     """Projected kernels, float64 on the work device, for ``(weight, input_shape, max_norm, geometry)`` jobs.
 
     One call of the core's ``clip_operator_norm_many`` (layers of equal shape batched) when
-    there are several jobs. With ``rescale``, a kernel whose exact operator norm still exceeds
-    its bound after the iterations is multiplied by ``bound / norm``.
+    there are several jobs (the core limits BLAS to one thread around its small LAPACK
+    batches). With ``rescale``, a kernel whose exact operator norm still exceeds its bound
+    after the iterations is multiplied by ``bound / norm``.
+
+    Example:
+        >>> import torch
+        >>> from convspectra.nn.projector import projected_kernels
+        >>> geometry = {"stride": (1,), "dilation": (1,), "groups": 1, "transposed": False}
+        >>> (kernel,) = projected_kernels([(torch.ones(1, 1, 2), (4,), 1.0, geometry)], min_norm=None,
+        ...                               iterations=1, method="alternating", rescale=True, device=None)
+        >>> kernel.dtype, [round(tap, 12) for tap in kernel.flatten().tolist()]   # norm 2 -> 1
+        (torch.float64, [0.5, 0.5])
     """
     work = [w.detach().to(device=w.device if device is None else device, dtype=torch.float64) for w, _, _, _ in jobs]
-    # the core limits BLAS to one thread around its own small-matrix LAPACK batches
-    return _project_jobs(jobs, work, min_norm=min_norm, iterations=iterations, method=method, rescale=rescale)
-
-
-def _project_jobs(
-    jobs: Sequence[Job],
-    work: list[torch.Tensor],
-    *,
-    min_norm: float | None,
-    iterations: int,
-    method: str,
-    rescale: bool,
-) -> list[torch.Tensor]:
     options: dict[str, Any] = {"min_norm": min_norm, "iterations": iterations, "method": method}
     if len(jobs) == 1:
         _, shape, bound, geometry = jobs[0]
@@ -144,12 +141,12 @@ def _jobs(layers: Sequence[ConvLayer]) -> list[Job]:
 
 def _cost(layer: ConvLayer) -> int:
     """Rough cost of projecting a layer: frequencies x SVD work of one transfer matrix."""
-    module, shape = layer.module, layer.require_input_shape()
-    weight_shape = module.weight.shape
-    groups = int(module.groups)
-    stride = math.prod(module.stride)
+    geometry, shape = layer.geometry(), layer.require_input_shape()  # _backend.module_geometry of the module
+    weight_shape = layer.module.weight.shape
+    groups = geometry["groups"]
+    stride = math.prod(geometry["stride"])
     rows, cols = int(weight_shape[0]) // groups, int(weight_shape[1]) * stride
-    frequencies = math.prod(shape) // (1 if layer.transposed else stride) or 1
+    frequencies = math.prod(shape) // (1 if geometry["transposed"] else stride) or 1
     return frequencies * groups * min(rows, cols) ** 2 * max(rows, cols)
 
 
@@ -331,7 +328,7 @@ class OperatorNormProjector:
         process_group: Any = None,
     ) -> None:
         self.layers: list[ConvLayer] = conv_layers(model, max_norm, layers)
-        self.every = _check_positive_int("every", every)
+        self.every = integer("every", every)
         self.min_norm, self.iterations, self.method, self.rescale = check_options(
             [layer.max_norm for layer in self.layers], min_norm, iterations, method, rescale
         )
@@ -342,7 +339,10 @@ class OperatorNormProjector:
         self.process_group = process_group
         if input_shapes is not None:
             assign_input_shapes(self.layers, input_shapes)
-        self._recorder = ShapeRecorder(self.layers)
+        self._recorder = InputSizeRecorder()
+        for layer in self.layers:
+            if layer.input_shape is None:
+                self._recorder.record_first(layer, layer.module, label=layer.name)
         self.steps = 0
         self.projections = 0
         self.last_seconds = 0.0
