@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import ParameterError
 from .cifar_resnet import BasicBlock, CifarResNet, ShortcutA, cifar_resnet, resnet20, resnet32, resnet44, resnet56
 from .pretrained import DATA_ENV, data_directory, find_pretrained
-from .weights import load_state_dict_file, load_weights
+from .weights import load_state_dict_file, load_tensor_file, load_weights
 
 __all__ = [
     "DATA_ENV",
@@ -28,6 +28,7 @@ __all__ = [
     "find_pretrained",
     "get_model",
     "load_state_dict_file",
+    "load_tensor_file",
     "load_weights",
     "resnet20",
     "resnet32",

@@ -24,7 +24,7 @@ DESCRIPTION = (
 
 def _arm(text: str) -> object:
     from ...errors import ParameterError
-    from ...experiments.training import parse_arm
+    from ...experiments.config import parse_arm
 
     try:
         return parse_arm(text)
@@ -34,14 +34,15 @@ def _arm(text: str) -> object:
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The options of the training experiment."""
-    from ...experiments.training import PAPER_ARMS  # torch-free: parse_arm and the arms need no torch
+    from ...experiments.config import PAPER_ARMS  # torch-free
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=("cifar10", "fashion-mnist"), default="cifar10", help="default cifar10")
     data.add_argument(
         "--data-dir",
         help="dataset folder: CIFAR-10 python batches (data_batch_1..5, test_batch) or the four Fashion-MNIST IDX "
-        "files (default: ./data/cifar10, or /usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist)",
+        "files (default: $CONVSPECTRA_DATA/cifar10, or /usr/share/datasets/fashion-mnist from Debian's "
+        "dataset-fashion-mnist)",
     )
     data.add_argument("--download", action="store_true", help="CIFAR-10: download with torchvision if missing")
     data.add_argument("--train-subset", type=positive_int, help="train on a fixed random subset of this many images")
@@ -83,8 +84,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train the requested runs (resuming unfinished ones), then summarise everything in ``--out``."""
+    from ...experiments.config import PAPER_ARMS, TrainConfig, parse_arm
     from ...experiments.summary import summarize, write_summary
-    from ...experiments.training import PAPER_ARMS, TrainConfig, parse_arm, run_experiment
+    from ...experiments.training import run_experiment
     from .._progress import progress_bar
 
     arms = args.arms if args.arms is not None else [parse_arm(a) for a in PAPER_ARMS]
@@ -111,14 +113,7 @@ def run(args: argparse.Namespace) -> int:
         )
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
         with progress_bar("training", enabled=args.progress) as progress:
-            run_experiment(  # progress: the callback (or None) of the consolidated runner
-                config,
-                arms,
-                args.seeds,
-                args.out,
-                progress=progress,  # type: ignore[arg-type,unused-ignore]
-                max_epochs=args.max_epochs,
-            )
+            run_experiment(config, arms, args.seeds, args.out, progress=progress, max_epochs=args.max_epochs)
     summary = summarize(args.out)
     paths = write_summary(summary, args.out)
     print(summary.to_markdown())
