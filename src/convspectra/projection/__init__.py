@@ -188,11 +188,7 @@ def clip_operator_norm_report(
     """:func:`clip_operator_norm` plus diagnostics: ``(kernel, ProjectionReport)``.
 
     The report costs two extra spectrum evaluations (before and after) and is not needed for
-    the projection itself.
-
-    Args:
-        kernel, input_shape, max_norm, min_norm, iterations, method, layout, stride, dilation,
-            groups, transposed, workers, backend: as :func:`clip_operator_norm`.
+    the projection itself. Arguments as :func:`clip_operator_norm`.
 
     Returns:
         ``(kernel, report)``: the kernel as :func:`clip_operator_norm` returns it, and its
