@@ -209,6 +209,12 @@ def operator_norm_bounds(
     Returns:
         :class:`NormBounds` (Python floats, whatever the kernel's kind).
 
+    Raises:
+        ParameterError, ParameterTypeError, MemoryBudgetError: as :func:`operator_norm`.
+
+    Warns:
+        ConvergenceWarning: as :func:`operator_norm` (``converged`` is then False).
+
     Example:
         >>> import numpy as np, convspectra as cs
         >>> b = cs.operator_norm_bounds(np.ones((1, 1, 2, 2)), (8, 8))
