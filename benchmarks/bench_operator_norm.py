@@ -2,9 +2,10 @@
 
 Suites (every baseline is measured in the same run, on the same kernels, methods interleaved):
 
-* ``trained``: every 3x3 conv of the pretrained CIFAR ResNets in ``../shared/data`` evaluated at a
-  large input (default 224x224), circular padding, float64: ``operator_norm`` against the largest
-  of ``singular_values`` (convspectra's own full spectrum).
+* ``trained``: every conv of the pretrained CIFAR ResNets (found under ``$CONVSPECTRA_DATA`` by
+  :func:`convspectra.models.find_pretrained`) evaluated at a large input (default 224x224),
+  circular padding, float64: ``operator_norm`` against the largest of ``singular_values``
+  (convspectra's own full spectrum).
 * ``random``: He-initialised Gaussian kernels at ResNet-50's 3x3 shapes at 224 (flat spectra, the
   hard case for pruning): the same comparison.
 * ``padded``: the pretrained ResNet-32's convs at their native input sizes (32, 16, 8) with their
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -34,37 +36,28 @@ from typing import Any
 import numpy as np
 
 import convspectra as cs
+from convspectra.models import DATA_ENV, find_pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_singular_values import machine
 
-PRETRAINED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-resnet-pretrained"
-FILES = {20: "resnet20-12fca82f.th", 32: "resnet32-d509ac18.th", 44: "resnet44-014dd654.th", 56: "resnet56-4bfd9763.th"}
 RESNET50_3X3 = [(64, 56)] * 3 + [(128, 28)] * 4 + [(256, 14)] * 6 + [(512, 7)] * 3
 
 
 def pretrained_layers(depth: int) -> list[tuple[str, np.ndarray, int, int]] | None:
     """``(name, kernel float64 OIHW, stride, native input size)`` of every conv, or None if absent."""
-    path = PRETRAINED / FILES[depth]
-    if not path.is_file():
+    path = find_pretrained(f"resnet{depth}")
+    if path is None:
         return None
     import torch
 
     from convspectra.models import cifar_resnet, load_weights
+    from convspectra.nn import capture_input_shapes
 
     model = load_weights(cifar_resnet(depth), path)
-    sizes: dict[str, int] = {}
-    hooks = [
-        m.register_forward_hook(lambda mod, inp, out, name=name: sizes.__setitem__(name, inp[0].shape[-1]))
-        for name, m in model.named_modules()
-        if isinstance(m, torch.nn.Conv2d)
-    ]
-    with torch.no_grad():
-        model(torch.zeros(1, 3, 32, 32))
-    for hook in hooks:
-        hook.remove()
+    sizes = capture_input_shapes(model, torch.zeros(1, 3, 32, 32))
     return [
-        (name, m.weight.detach().double().numpy(), m.stride[0], sizes[name])
+        (name, m.weight.detach().double().numpy(), m.stride[0], sizes[name][-1])
         for name, m in model.named_modules()
         if isinstance(m, torch.nn.Conv2d)
     ]
@@ -244,7 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"machine": info}
     resnet32 = pretrained_layers(32)
     if resnet32 is None:
-        print(f"pretrained weights not found in {PRETRAINED}: the trained, padded and peers suites are skipped")
+        print(
+            f"pretrained weights not found under ${DATA_ENV}={os.environ.get(DATA_ENV)!r}: "
+            "the trained, padded and peers suites are skipped"
+        )
     if args.quick:
         resnet32 = resnet32[:6] if resnet32 else None
     if "trained" in suites and resnet32 is not None:

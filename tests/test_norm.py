@@ -1,8 +1,10 @@
-"""operator_norm and operator_norm_bounds against the dense operator built by PyTorch's own layers."""
+"""operator_norm, operator_norm_bounds and ConvOperator against the dense operator built by PyTorch's own layers."""
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 import warnings
 
 import numpy as np
@@ -13,10 +15,7 @@ from hypothesis import strategies as st
 
 import convspectra as cs
 from conftest import layers, oracle_singular_values
-from convspectra._maximum import circular_maximum, top_singular_vector
-from convspectra.operator import dense_matrix
-from convspectra.spec import parse_layer
-from convspectra.transfer import FrequencyPlan, flat_weight
+from convspectra.norm import ConvOperator
 
 
 def module_matrix(module: torch.nn.Module, input_shape) -> np.ndarray:
@@ -46,40 +45,63 @@ def test_circular_norm_is_the_largest_singular_value_of_the_dense_operator(layer
     assert abs(ours - expected) <= 1e-9 * expected + 1e-12
 
 
-@pytest.mark.parametrize(
-    ("shape", "n", "kwargs"),
-    [
-        ((8, 4, 3, 3), (96, 80), {}),
-        ((8, 4, 3, 3), (64, 48), {"stride": 2}),
-        ((6, 6, 3, 3), (60, 60), {"dilation": 2, "groups": 2}),
-        ((4, 4, 5), (400,), {}),
-        ((3, 3, 3, 3, 3), (16, 14, 12), {}),
-        ((6, 2, 1, 3), (70, 70), {"stride": (1, 2)}),
-    ],
-)
+def evaluated_and_total(bounds: cs.NormBounds) -> tuple[int, int]:
+    """How many frequencies the circular solver evaluated, and how many the full spectrum decomposes."""
+    found = re.fullmatch(r"exact: branch and bound over (\d+) frequencies, (\d+) evaluated", bounds.method)
+    assert found is not None, bounds.method
+    return int(found.group(2)), int(found.group(1))
+
+
+MEDIUM_GRIDS = [  # at most 6144 candidate frequencies: enumerated directly
+    ((8, 4, 3, 3), (96, 80), {}),
+    ((8, 4, 3, 3), (64, 48), {"stride": 2}),
+    ((6, 6, 3, 3), (60, 60), {"dilation": 2, "groups": 2}),
+    ((4, 4, 5), (400,), {}),
+    ((3, 3, 3, 3, 3), (16, 14, 12), {}),
+    ((6, 2, 1, 3), (70, 70), {"stride": (1, 2)}),
+]
+LARGE_GRIDS = [  # more than 6144 candidate frequencies: the branch and bound runs
+    ((8, 4, 3, 3), (160, 144), {}),
+    ((8, 4, 3, 3), (256, 224), {"stride": 2}),
+    ((6, 6, 3, 3), (128, 128), {"dilation": 2, "groups": 2}),
+    ((4, 4, 5), (16000,), {}),
+    ((3, 3, 3, 3, 3), (32, 28, 24), {}),
+    ((6, 2, 1, 3), (4, 25000), {"stride": (1, 2)}),
+]
+
+
+@pytest.mark.parametrize(("shape", "n", "kwargs"), MEDIUM_GRIDS + LARGE_GRIDS)
 @pytest.mark.parametrize("kind", ["normal", "smooth"])
-def test_branch_and_bound_equals_the_full_spectrum_on_large_grids(shape, n, kwargs, kind, rng):
-    """Grids large enough that pruning runs (not the direct enumeration), peaked and flat spectra."""
+def test_circular_norm_equals_the_full_spectrum_and_its_vector_attains_it(shape, n, kwargs, kind, rng):
+    """Peaked and flat spectra; on the large grids the branch and bound (not the direct enumeration) decides.
+
+    The bracket's lower end is ||A x|| / ||x|| for the top singular vector x found at the maximising
+    frequency, pushed through the matrix-free operator: it attains the norm.
+    """
     kernel = rng.normal(size=shape)
     if kind == "smooth":  # a trained-like kernel: a dominant low-frequency part, a peaked spectrum
         kernel = kernel * 0.1 + np.abs(rng.normal(size=shape[:2] + (1,) * (len(shape) - 2)))
     expected = cs.singular_values(kernel, n, **kwargs)[0]
-    spec, weight = parse_layer(kernel, n, **kwargs)
-    plan = FrequencyPlan.create(spec, real=True)
-    found = circular_maximum(plan, flat_weight(weight))
-    assert found.value == pytest.approx(expected, rel=1e-12)
     assert cs.operator_norm(kernel, n, **kwargs) == pytest.approx(expected, rel=1e-12)
+    bounds = cs.operator_norm_bounds(kernel, n, **kwargs)
+    assert bounds.value == pytest.approx(expected, rel=1e-12)
+    assert bounds.lower == pytest.approx(expected, rel=1e-12)
+    assert bounds.lower <= expected <= bounds.upper
+    evaluated, total = evaluated_and_total(bounds)
+    if (shape, n, kwargs) in LARGE_GRIDS:
+        assert evaluated != total  # not the direct enumeration (which evaluates each frequency once)
+        if kind == "smooth":
+            assert evaluated < total / 4  # a peaked spectrum: most frequencies pruned
+    else:
+        assert evaluated == total
 
 
-def test_top_singular_vector_attains_the_norm(rng):
+def test_top_singular_vector_attains_the_norm_of_a_strided_layer(rng):
     kernel = rng.normal(size=(3, 2, 3, 3))
-    spec, weight = parse_layer(kernel, (6, 4), stride=(2, 1))
-    plan = FrequencyPlan.create(spec, real=True)
-    found = circular_maximum(plan, flat_weight(weight))
-    x = top_singular_vector(plan, flat_weight(weight), found.frequency)
-    matrix = dense_matrix(kernel, (6, 4), stride=(2, 1))
-    assert np.linalg.norm(x) == pytest.approx(1.0)
-    assert np.linalg.norm(matrix @ x.ravel()) == pytest.approx(found.value, rel=1e-12)
+    bounds = cs.operator_norm_bounds(kernel, (6, 4), stride=(2, 1))
+    exact = oracle_singular_values(kernel, (6, 4), stride=(2, 1))[0]
+    assert bounds.lower == pytest.approx(exact, rel=1e-12)
+    assert bounds.value == pytest.approx(exact, rel=1e-12)
 
 
 def test_circular_bounds_bracket_the_exact_value(rng):
@@ -199,6 +221,153 @@ def test_non_convergence_warns_with_the_bracket_and_returns_a_lower_bound(rng):
     assert not bounds.converged and bounds.lower <= expected <= bounds.upper
 
 
+def test_convergence_warning_points_at_the_callers_line(rng):
+    kernel = rng.normal(size=(4, 4, 3, 3))
+    for function in (cs.operator_norm, cs.operator_norm_bounds):
+        with pytest.warns(cs.ConvergenceWarning) as record:
+            line = inspect.currentframe().f_lineno + 1
+            function(kernel, (8, 8), padding=1, max_iter=2)
+        assert len(record) == 1
+        assert record[0].filename == __file__, (function.__name__, record[0].filename)
+        assert record[0].lineno == line, function.__name__
+
+
+def test_the_solver_memory_budget_is_enforced_with_the_estimate(rng):
+    kernel = rng.normal(size=(8, 8, 3, 3))
+    with pytest.raises(cs.MemoryBudgetError, match=r"max_memory: the iterative solver for this layer needs about"):
+        cs.operator_norm(kernel, (64, 64), padding=1, max_memory=2**20)
+    assert cs.operator_norm(kernel, (64, 64), max_memory=2**20) > 0  # the exact circular path needs no solver
+
+
+# --- the matrix-free operator against PyTorch's convolutions ------------------------------------
+
+
+def torch_padded(x: torch.Tensor, pads, mode: str) -> torch.Tensor:
+    """``x`` (1, C, *n) padded per axis by (left, right): zeros, or indices modulo n (circular)."""
+    flat = [p for pair in reversed(pads) for p in pair]
+    return torch.nn.functional.pad(x, flat, mode="constant" if mode == "zeros" else "circular")
+
+
+def torch_unpadded(z: torch.Tensor, pads, n, mode: str) -> torch.Tensor:
+    """The adjoint of :func:`torch_padded`: crop (zeros), or fold the wrapped copies back (circular)."""
+    for axis, ((left, _), size) in enumerate(zip(pads, n, strict=True)):
+        dim = 2 + axis
+        if mode == "zeros":
+            z = z.narrow(dim, left, size)
+        else:
+            index = torch.as_tensor((np.arange(z.shape[dim]) - left) % size)
+            shape = list(z.shape)
+            shape[dim] = size
+            z = torch.zeros(shape, dtype=z.dtype).index_add_(dim, index, z)
+    return z
+
+
+@st.composite
+def operator_cases(draw):
+    d = draw(st.integers(1, 3))
+    groups = draw(st.integers(1, 2))
+    c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    k = tuple(draw(st.integers(1, 3 if d == 3 else 4)) for _ in range(d))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(d))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(d))
+    mode = draw(st.sampled_from(["zeros", "circular", "wrap"]))
+    n, pads = [], []
+    for a in range(d):
+        reach = dilation[a] * (k[a] - 1)
+        if mode == "wrap":  # the wrap-around layer is circular padding by the kernel's reach on the right
+            smallest = max(1, -(-reach // stride[a]))  # PyTorch's circular padding is at most the input
+            m = draw(st.integers(smallest, max(smallest, 4)))
+            n.append(m * stride[a])
+            pads.append((0, reach))
+        else:
+            size = draw(st.integers(max(1, reach - 2), 6 if d < 3 else 4))
+            most = 3 if mode == "zeros" else size  # PyTorch's circular padding is at most the input
+            left, right = draw(st.integers(0, most)), draw(st.integers(0, most))
+            if size + left + right <= reach:  # the output must not be empty
+                right += reach + 1 - (size + left + right)
+                if mode == "circular" and right > size:
+                    size = right
+            n.append(size)
+            pads.append((left, right))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return d, c_in, c_out, groups, k, stride, dilation, mode, tuple(n), tuple(pads), seed
+
+
+@settings(max_examples=120)
+@given(operator_cases())
+def test_conv_operator_matches_pytorchs_conv_and_conv_transpose(case):
+    d, c_in, c_out, groups, k, stride, dilation, mode, n, pads, seed = case
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(c_out, c_in // groups, *k))
+    op = ConvOperator.create(
+        weight,
+        input_shape=n,
+        padding=None if mode == "wrap" else pads,
+        mode=mode,
+        stride=stride,
+        dilation=dilation,
+        groups=groups,
+    )
+    w = torch.from_numpy(weight)
+    x = torch.from_numpy(rng.normal(size=(1, c_in, *n)))
+    conv = getattr(torch.nn.functional, f"conv{d}d")
+    expected = conv(torch_padded(x, pads, mode), w, stride=stride, dilation=dilation, groups=groups)[0]
+    assert op.output_shape == tuple(expected.shape[1:])
+    ours = op.matvec(x[0].numpy())
+    scale = float(np.abs(weight).sum() * np.abs(x.numpy()).max())
+    np.testing.assert_allclose(ours, expected.numpy(), rtol=0, atol=1e-13 * scale)
+    # the adjoint: PyTorch's conv_transpose onto the padded input grid, then the padding's adjoint
+    y = torch.from_numpy(rng.normal(size=(1, c_out, *op.output_shape)))
+    padded_n = [size + left + right for size, (left, right) in zip(n, pads, strict=True)]
+    reach = [dl * (kk - 1) + 1 for dl, kk in zip(dilation, k, strict=True)]
+    output_padding = [
+        size - ((m - 1) * s + r) for size, m, s, r in zip(padded_n, op.output_shape, stride, reach, strict=True)
+    ]
+    transpose = getattr(torch.nn.functional, f"conv_transpose{d}d")
+    z = transpose(y, w, stride=stride, dilation=dilation, groups=groups, output_padding=output_padding)
+    expected_adjoint = torch_unpadded(z, pads, n, mode)[0]
+    repeats = math.prod(-(-m * s // size) for m, s, size in zip(op.output_shape, stride, n, strict=True))
+    scale_adjoint = float(np.abs(weight).sum() * np.abs(y.numpy()).max()) * max(1, repeats)
+    np.testing.assert_allclose(op.rmatvec(y[0].numpy()), expected_adjoint.numpy(), rtol=0, atol=1e-13 * scale_adjoint)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "circular", "wrap"])
+def test_conv_operator_adjoint_identity_for_complex_kernels(mode, rng):
+    shape = (4, 3, 3, 2)
+    weight = rng.normal(size=shape) + 1j * rng.normal(size=shape)
+    n = (6, 8)
+    op = ConvOperator.create(weight, input_shape=n, padding=((1, 2), (0, 1)), mode=mode, stride=(2, 1), dilation=(1, 2))
+    x = rng.normal(size=(3, *n)) + 1j * rng.normal(size=(3, *n))
+    y = rng.normal(size=(4, *op.output_shape)) + 1j * rng.normal(size=(4, *op.output_shape))
+    left, right = np.vdot(op.matvec(x), y), np.vdot(x, op.rmatvec(y))
+    assert abs(left - right) <= 1e-13 * abs(left)
+    assert op.dtype == np.complex128 and op.shape == (4 * math.prod(op.output_shape), 3 * math.prod(n))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"mode": "reflect"}, cs.ParameterError, "mode: expected one of 'zeros', 'circular', 'wrap'"),
+        ({"mode": "wrap", "stride": 3}, cs.ParameterError, "input_shape: the wrap-around mode needs a multiple"),
+        ({"input_shape": 2, "padding": 0}, cs.ParameterError, "the output would be empty"),
+        ({"padding": -1}, cs.ParameterError, "padding: expected integers >= 0"),
+        ({"padding": ((1, 1),)}, cs.ParameterError, r"padding: expected one \(left, right\) pair per spatial axis"),
+        ({"padding": ((1, 1), (1, 2, 3))}, cs.ParameterError, r"padding\[1\]: expected an int or 2 values"),
+        ({"groups": 0}, cs.ParameterError, "groups: expected a positive int"),
+        ({"input_shape": (8, 8, 8)}, cs.ParameterError, "input_shape: expected an int or 2 values"),
+    ],
+)
+def test_conv_operator_bad_input_names_the_parameter(kwargs, error, match):
+    arguments = {"input_shape": 8, **kwargs}
+    with pytest.raises(error, match=match):
+        ConvOperator.create(np.ones((2, 2, 3, 3)), **arguments)
+    op = ConvOperator.create(np.ones((2, 2, 3, 3)), input_shape=8, padding=1)
+    with pytest.raises(cs.ParameterError, match=r"x: expected 128 values"):
+        op.matvec(np.ones((2, 7, 8)))
+    with pytest.raises(cs.ParameterError, match=r"y: expected 128 values"):
+        op.rmatvec(np.ones(127))
+
+
 # --- PyTorch: kinds, devices, gradients ---------------------------------------------------------
 
 
@@ -280,14 +449,18 @@ def test_reshaped_norm_matches_torch_spectral_norm_target(rng):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"padding": "reflect"}, "padding: expected 'circular', 'module', 'same', 'valid'"),
+        ({"padding": "reflect"}, "padding: expected one of 'circular', 'module', 'same', 'valid', got 'reflect'"),
         ({"padding": -1}, "padding: expected integers >= 0"),
         ({"padding": (1, 1, 1)}, "padding: expected an int or 2 values"),
         ({"padding": "same", "stride": 2}, "'same' needs stride 1"),
         ({"padding": "module"}, "padding: 'module' reads a torch conv module"),
         ({"padding": 0, "input_shape": (2, 2)}, "the output would be empty"),
-        ({"rtol": 0}, "rtol: expected a number in"),
-        ({"max_iter": 0}, "max_iter: expected a positive int"),
+        ({"rtol": 0}, r"rtol: expected a number in \(0, 1\), got 0"),
+        ({"rtol": 1.0}, r"rtol: expected a number in \(0, 1\), got 1.0"),
+        ({"rtol": float("nan")}, r"rtol: expected a number in \(0, 1\), got nan"),
+        ({"max_iter": 0}, "max_iter: expected a positive int, got 0"),
+        ({"max_memory": 0}, "max_memory: expected a positive int, got 0"),
+        ({"workers": 0}, "workers: expected a positive int, got 0"),
     ],
 )
 def test_bad_input_names_the_parameter(kwargs, match, rng):
@@ -295,6 +468,22 @@ def test_bad_input_names_the_parameter(kwargs, match, rng):
     n = kwargs.pop("input_shape", (8, 8))
     with pytest.raises(cs.ParameterError, match=match):
         cs.operator_norm(rng.normal(size=(2, 2, 3, 3)), n, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rtol": "small"}, "rtol: expected a number in"),
+        ({"rtol": True}, "rtol: expected a number in"),
+        ({"max_iter": 2.5}, "max_iter: expected a positive int"),
+        ({"max_memory": 1.5}, "max_memory: expected a positive int"),
+        ({"padding": None}, "padding: expected an int or a sequence of 2 ints"),
+        ({"padding": 1.5}, "padding: expected an int or a sequence of 2 ints"),
+    ],
+)
+def test_bad_types_name_the_parameter(kwargs, match, rng):
+    with pytest.raises(cs.ParameterTypeError, match=match):
+        cs.operator_norm(rng.normal(size=(2, 2, 3, 3)), (8, 8), **kwargs)
 
 
 def test_reflect_and_replicate_modules_are_refused():

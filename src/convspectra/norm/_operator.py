@@ -10,15 +10,20 @@ enough that nothing wraps where it must not:
   frequency, ``Y(f) = W^(f) X(f)`` with ``W^(f) = sum_t W_t exp(+2 pi i f delta t / N)``,
 * the outputs are the samples ``y1[(s u - shift) mod N]``, ``u = 0 .. m - 1``.
 
-The adjoint scatters, transforms and multiplies by ``W^(f)^H``. It is what the iterative solvers
-of :mod:`convspectra.norm` run on; the test-suite checks it against PyTorch's own convolution.
+The adjoint scatters, transforms and multiplies by ``W^(f)^H``. It is what the iterative solver
+of :func:`convspectra.operator_norm` runs on for padded layers, and it is public so that other
+matrix-free methods can use the exact padded layer too (for instance
+``scipy.sparse.linalg.svds`` for its largest few singular values). The test-suite checks it
+against PyTorch's ``conv1d/2d/3d`` and ``conv_transpose1d/2d/3d``.
 
 Example:
     >>> import numpy as np
-    >>> from convspectra.conv_operator import ConvOperator
-    >>> op = ConvOperator.create(np.ones((1, 1, 3)), input_shape=(4,), padding=((1, 1),))
+    >>> from convspectra.norm import ConvOperator
+    >>> op = ConvOperator.create(np.ones((1, 1, 3)), input_shape=4, padding=1)
     >>> op.matvec(np.array([[1.0, 2.0, 3.0, 4.0]])).round(12)  # conv1d(x, ones(3), padding=1)
     array([[3., 6., 9., 7.]])
+    >>> op.rmatvec(np.array([[1.0, 0.0, 0.0, 0.0]])).round(12)  # the adjoint: conv_transpose1d
+    array([[1., 1., 0., 0.]])
 """
 
 from __future__ import annotations
@@ -30,7 +35,15 @@ from typing import Any
 
 import numpy as np
 
+from .._backend import to_numpy
+from .._checks import as_tuple, choice, integer
+from ..errors import ParameterError
+from ..spec import parse_layer
+
 __all__ = ["ConvOperator", "good_fft_size"]
+
+#: The boundary handlings :meth:`ConvOperator.create` accepts.
+MODES = ("zeros", "circular", "wrap")
 
 
 def good_fft_size(n: int) -> int:
@@ -49,9 +62,24 @@ def good_fft_size(n: int) -> int:
     return best
 
 
+def _padding_pairs(padding: Any, ndim: int) -> tuple[tuple[int, int], ...]:
+    """``None`` (none), an int or one int per axis (both sides), or one ``(left, right)`` pair per axis."""
+    if padding is None:
+        return ((0, 0),) * ndim
+    is_sequence = isinstance(padding, Sequence) and not isinstance(padding, (str, bytes))
+    if is_sequence and any(isinstance(p, Sequence) and not isinstance(p, (str, bytes)) for p in padding):
+        if len(padding) != ndim:
+            raise ParameterError(
+                f"padding: expected one (left, right) pair per spatial axis ({ndim}), got {len(padding)}: {padding!r}"
+            )
+        pairs = [as_tuple(f"padding[{axis}]", pair, 2, minimum=0) for axis, pair in enumerate(padding)]
+        return tuple((left, right) for left, right in pairs)
+    return tuple((p, p) for p in as_tuple("padding", padding, ndim, minimum=0))
+
+
 @dataclass(frozen=True)
 class ConvOperator:
-    """A forward convolution ``(in_channels, *input_shape) -> (out_channels, *output_shape)``.
+    """A forward convolution ``(in_channels, *input_shape) -> (out_channels, *output_shape)``, matrix-free.
 
     Build it with :meth:`create`. Attributes are the normalised geometry: FFT ``grid``, the
     input ``offset`` in it, the output sampling ``shift``, the frequency-domain kernel ``hat``
@@ -73,35 +101,49 @@ class ConvOperator:
     @classmethod
     def create(
         cls,
-        weight: np.ndarray,
+        weight: Any,
         *,
-        input_shape: Sequence[int],
-        padding: Sequence[tuple[int, int]] | None = None,
+        input_shape: int | Sequence[int],
+        padding: int | Sequence[int] | Sequence[tuple[int, int]] | None = None,
         mode: str = "zeros",
-        stride: Sequence[int] | None = None,
-        dilation: Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
+        dilation: int | Sequence[int] | None = None,
         groups: int = 1,
     ) -> ConvOperator:
-        """The layer with forward weight ``(O, I/groups, k...)``.
+        """The layer with forward weight ``(out_channels, in_channels / groups, k_1, ..., k_d)``.
 
         Args:
-            weight: forward weight, NumPy (float or complex).
-            input_shape: spatial size n of the input.
-            padding: ``(left, right)`` per axis (default none).
+            weight: the forward convolution's weight, channels first (PyTorch's ``Conv*d``
+                layout), a NumPy array or a torch tensor (copied to NumPy); real or complex.
+            input_shape: spatial size n of the input (an int or one per axis).
+            padding: ``None`` (none), an int or one int per axis (both sides, as PyTorch's
+                ``padding``), or one ``(left, right)`` pair per axis.
             mode: ``"zeros"`` (PyTorch zero padding), ``"circular"`` (PyTorch
-                ``padding_mode="circular"``: indices wrap modulo n), or ``"wrap"`` (the
-                wrap-around operator of :func:`convspectra.singular_values`; padding ignored,
-                n must be a multiple of the stride).
-            stride, dilation: per axis (default 1).
+                ``padding_mode="circular"``: indices wrap modulo n, for any padding width), or
+                ``"wrap"`` (the wrap-around operator of :func:`convspectra.singular_values`;
+                ``padding`` ignored, n must be a multiple of the stride).
+            stride, dilation: an int or one per axis (default 1).
             groups: channel groups.
+
+        Returns:
+            The operator, in float64 (complex128 for a complex weight).
+
+        Raises:
+            ParameterError, ParameterTypeError: a bad weight, size, padding, mode, stride,
+                dilation or groups, or an empty output.
         """
-        d = weight.ndim - 2
-        n = tuple(int(v) for v in input_shape)
-        s = tuple(stride) if stride is not None else (1,) * d
-        dl = tuple(dilation) if dilation is not None else (1,) * d
-        pads = tuple(tuple(p) for p in padding) if padding is not None else ((0, 0),) * d
-        k = weight.shape[2:]
+        mode = choice("mode", mode, MODES)
+        groups = integer("groups", groups)
+        spec, parsed = parse_layer(weight, None, stride=stride, dilation=dilation, groups=groups)
+        d = spec.ndim
+        n = as_tuple("input_shape", input_shape, d)
+        s, dl, k = spec.stride, spec.dilation, spec.kernel_size
+        pads = _padding_pairs(padding, d)
         if mode == "wrap":
+            if any(ni % si for ni, si in zip(n, s, strict=True)):
+                raise ParameterError(
+                    f"input_shape: the wrap-around mode needs a multiple of the stride {s} on every axis, got {n}"
+                )
             grid, offset, shift = n, (0,) * d, (0,) * d
             m = tuple(a // b for a, b in zip(n, s, strict=True))
         else:
@@ -109,20 +151,24 @@ class ConvOperator:
                 (ni + pl + pr - di * (ki - 1) - 1) // si + 1
                 for ni, (pl, pr), di, ki, si in zip(n, pads, dl, k, s, strict=True)
             )
+            if min(m) < 1:
+                raise ParameterError(
+                    f"input_shape: expected an input at least as large as the dilated kernel minus the padding "
+                    f"(kernel {k}, dilation {dl}, padding {pads}), got {n}: the output would be empty"
+                )
             if mode == "zeros":
                 grid = tuple(good_fft_size(ni + pl + pr) for ni, (pl, pr) in zip(n, pads, strict=True))
                 offset, shift = tuple(pl for pl, _ in pads), (0,) * d
-            elif mode == "circular":
-                grid, offset, shift = n, (0,) * d, tuple(pl for pl, _ in pads)
             else:
-                raise ValueError(f"mode: expected 'zeros', 'circular' or 'wrap', got {mode!r}")
-        real = not np.iscomplexobj(weight)
-        weight = np.asarray(weight, dtype=np.float64 if real else np.complex128)
+                grid, offset, shift = n, (0,) * d, tuple(pl for pl, _ in pads)
+        array = to_numpy(parsed)
+        real = not np.iscomplexobj(array)
+        array = np.asarray(array, dtype=np.float64 if real else np.complex128)
         # taps scattered on the grid (added where they wrap onto each other)
         taps = np.stack(np.unravel_index(np.arange(math.prod(k)), k), axis=1)
         positions = (taps * np.asarray(dl)) % np.asarray(grid)
-        spread = np.zeros((*weight.shape[:2], *grid), dtype=weight.dtype)
-        flat_w = weight.reshape(*weight.shape[:2], -1)
+        spread = np.zeros((*array.shape[:2], *grid), dtype=array.dtype)
+        flat_w = array.reshape(*array.shape[:2], -1)
         for index, pos in enumerate(positions):
             where = (slice(None), slice(None), *pos)
             spread[where] += flat_w[..., index]
@@ -131,9 +177,9 @@ class ConvOperator:
             hat = np.conj(np.fft.rfftn(spread, axes=axes))
         else:
             hat = np.conj(np.fft.fftn(np.conj(spread), axes=axes))
-        out_c, in_g = weight.shape[:2]
+        out_c, in_g = array.shape[:2]
         hat = hat.reshape(groups, out_c // groups, in_g, -1).transpose(3, 0, 1, 2).copy()
-        return cls(weight, groups, s, dl, n, m, grid, offset, shift, real, hat)
+        return cls(array, groups, s, dl, n, m, grid, offset, shift, real, hat)
 
     @property
     def in_channels(self) -> int:
@@ -154,6 +200,15 @@ class ConvOperator:
     def dtype(self) -> np.dtype:
         """float64, or complex128 for a complex kernel."""
         return self.weight.dtype
+
+    @staticmethod
+    def _reshaped(name: str, array: Any, shape: tuple[int, ...]) -> np.ndarray:
+        values = np.asarray(array)
+        if values.size != math.prod(shape):
+            raise ParameterError(
+                f"{name}: expected {math.prod(shape)} values, shape {shape} or flat, got shape {values.shape}"
+            )
+        return values.reshape(shape)
 
     def _samples(self) -> tuple[np.ndarray, ...]:
         return tuple(
@@ -180,16 +235,24 @@ class ConvOperator:
         return out.transpose(1, 2, 0).reshape(-1, *freq_shape)
 
     def matvec(self, x: np.ndarray) -> np.ndarray:
-        """``A x`` for ``x`` of shape ``(in_channels, *input_shape)`` (or flat)."""
-        x = np.asarray(x).reshape(self.in_channels, *self.input_shape)
+        """``A x`` for ``x`` of shape ``(in_channels, *input_shape)`` (or flat).
+
+        Returns:
+            ``(out_channels, *output_shape)``, float64 or complex128.
+        """
+        x = self._reshaped("x", x, (self.in_channels, *self.input_shape))
         padded = np.zeros((self.in_channels, *self.grid), dtype=np.result_type(x, self.weight))
         padded[self._input_window()] = x
         full = self._inverse_fft(self._multiply(self._forward_fft(padded), adjoint=False))
         return full[self._output_samples()]
 
     def rmatvec(self, y: np.ndarray) -> np.ndarray:
-        """``A^H y`` for ``y`` of shape ``(out_channels, *output_shape)`` (or flat)."""
-        y = np.asarray(y).reshape(self.out_channels, *self.output_shape)
+        """``A^H y`` for ``y`` of shape ``(out_channels, *output_shape)`` (or flat).
+
+        Returns:
+            ``(in_channels, *input_shape)``, float64 or complex128.
+        """
+        y = self._reshaped("y", y, (self.out_channels, *self.output_shape))
         full = np.zeros((self.out_channels, *self.grid), dtype=np.result_type(y, self.weight))
         if all(len(np.unique(axis)) == len(axis) for axis in self._samples()):
             full[self._output_samples()] = y

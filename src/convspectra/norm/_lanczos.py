@@ -7,6 +7,14 @@ eigenvalue, and the iteration stops when it is below ``rtol * theta`` (relative 
 ``rtol / 2`` in the singular value). The value returned is :math:`\|A y\| / \|y\|` for the final
 Ritz vector, computed through the operator: an actual Rayleigh quotient, so a certified lower
 bound whatever happened.
+
+Example:
+    >>> import numpy as np
+    >>> from convspectra.norm._lanczos import largest_singular_value
+    >>> a = np.diag([3.0, 2.0, 1.0])
+    >>> result = largest_singular_value(a.__matmul__, a.T.__matmul__, np.ones(3), rtol=1e-12, max_iter=50)
+    >>> round(result.value, 12), result.converged
+    (3.0, True)
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._threads import single_threaded_blas
+from .._threads import single_threaded_blas
 
 __all__ = ["LanczosResult", "largest_singular_value"]
 
@@ -49,7 +57,21 @@ def largest_singular_value(
     max_iter: int,
     basis: int = 40,
 ) -> LanczosResult:
-    """Largest singular value of ``A`` (given by ``matvec``/``rmatvec`` on flat vectors)."""
+    """Largest singular value of ``A`` (given by ``matvec``/``rmatvec`` on flat vectors).
+
+    Args:
+        matvec, rmatvec: ``x -> A x`` and ``y -> A^H y`` on flat vectors.
+        start: the starting vector (any shape; flattened).
+        rtol: the relative residual at which the iteration stops.
+        max_iter: the most products with ``A^H A``.
+        basis: the most Lanczos vectors kept before a restart.
+
+    Returns:
+        The :class:`LanczosResult`; ``converged`` is False when ``max_iter`` was reached first.
+
+    Raises:
+        ValueError: ``start`` is zero or not finite.
+    """
     q = np.asarray(start).ravel().copy()
     norm = np.linalg.norm(q)
     if norm == 0 or not np.isfinite(norm):

@@ -1,0 +1,151 @@
+"""The norm of a padded layer: a certified upper bound from a circular layer, then Lanczos.
+
+* Zero padding: the padded layer on an n-grid is a restriction of the circular layer on the
+  grid ``n + p_left + p_right`` rounded up to a multiple of the stride (the input is embedded,
+  the valid outputs selected), so that layer's exact norm is a certified upper bound, and its
+  top singular vector, cropped to the input, is the start of the iteration.
+* Circular ``padding_mode`` whose outputs do not tile the input: the outputs are rows of the
+  stride-1 wrap-around layer, some repeated; its norm times the square root of the most
+  repetitions bounds the norm from above.
+
+Proposition 11's bound replaces either when smaller. Restarted Lanczos on :math:`A^H A`
+(:mod:`convspectra.norm._lanczos`) with matrix-free FFT products
+(:class:`~convspectra.norm.ConvOperator`) then converges to the norm; its value, an actual
+Rayleigh quotient, is the certified lower bound.
+
+Example:
+    >>> import numpy as np
+    >>> from convspectra.norm._padded import solve_padded
+    >>> from convspectra.norm._request import resolve_request
+    >>> solution = solve_padded(resolve_request(np.ones((1, 1, 3, 3)), (16, 16), padding=1))
+    >>> round(solution.value, 6), solution.upper > 9.0, solution.converged
+    (8.796837, True, True)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._memory import check_budget
+from ..bounds import channel_l1_bound
+from ..spec import ConvSpec
+from ._circular import circular_maximum, circular_plan, larger_part, top_singular_vector
+from ._lanczos import largest_singular_value
+from ._operator import ConvOperator
+from ._request import NormRequest
+from ._solution import Solution, rounding_allowance
+
+__all__ = ["enlarged_grid", "solve_padded"]
+
+
+def enlarged_grid(request: NormRequest) -> tuple[int, ...]:
+    """A grid on which the circular layer contains the zero-padded one: ``n + p_left + p_right``,
+    rounded up to a multiple of the stride."""
+    return tuple(
+        -(-(n + pl + pr) // s) * s
+        for n, (pl, pr), s in zip(request.input_shape, request.padding, request.spec.stride, strict=True)
+    )
+
+
+def _stride_one(spec: ConvSpec) -> ConvSpec:
+    """The same layer without stride (on the same input grid)."""
+    return ConvSpec(
+        ndim=spec.ndim,
+        out_channels=spec.out_channels,
+        in_channels=spec.in_channels,
+        groups=spec.groups,
+        kernel_size=spec.kernel_size,
+        stride=(1,) * spec.ndim,
+        dilation=spec.dilation,
+        input_shape=spec.input_shape,
+        output_shape=spec.input_shape,
+        transposed=False,
+    )
+
+
+def _certificate(request: NormRequest, weight: np.ndarray) -> tuple[float, str, np.ndarray]:
+    """``(upper bound, its name, start vector)`` from the circular layer that contains the padded one."""
+    spec = request.spec
+    if request.mode == "zeros":
+        grid = enlarged_grid(request)
+        plan, flat = circular_plan(weight, grid, stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
+        found = circular_maximum(plan, flat, request.workers)
+        upper, where = found.value, f"circular norm on the enlarged {'x'.join(map(str, grid))} grid"
+        start_full = top_singular_vector(plan, flat, found.frequency)
+        crop = tuple(slice(pl, pl + n) for (pl, _), n in zip(request.padding, request.input_shape, strict=True))
+        window = (slice(None), *crop)
+        start = start_full[window]
+    else:  # circular padding whose outputs do not tile the input: rows of the stride-1 layer, repeated
+        one = _stride_one(spec)
+        plan, flat = circular_plan(
+            weight, request.input_shape, stride=one.stride, dilation=one.dilation, groups=one.groups
+        )
+        found = circular_maximum(plan, flat, request.workers)
+        repeats = math.prod(
+            -(-m * s // n) if m * s > n else 1
+            for m, s, n in zip(spec.output_shape, spec.stride, request.input_shape, strict=True)
+        )
+        upper, where = found.value * math.sqrt(repeats), "stride-1 circular norm x sqrt(row repetitions)"
+        start = top_singular_vector(plan, flat, found.frequency)
+    prop11 = float(channel_l1_bound(weight, groups=spec.groups))
+    if prop11 < upper:
+        upper, where = prop11, "Proposition 11"
+    return upper, where, start
+
+
+def solve_padded(request: NormRequest) -> Solution:
+    """The norm of the padded layer of ``request`` (``mode`` ``"zeros"`` or ``"circular"``).
+
+    Args:
+        request: the validated request.
+
+    Returns:
+        The :class:`~convspectra.norm._solution.Solution`; when the solver reached ``max_iter``
+        first, ``converged`` is False, the value is the certified lower bound and ``warning``
+        gives the bracket.
+
+    Raises:
+        MemoryBudgetError: the solver's estimate exceeds ``request.max_memory``.
+    """
+    spec = request.spec
+    weight = request.numpy_weight()
+    allowance = rounding_allowance(spec)
+    op = ConvOperator.create(
+        weight,
+        input_shape=request.input_shape,
+        padding=request.padding,
+        mode=request.mode,
+        stride=spec.stride,
+        dilation=spec.dilation,
+        groups=spec.groups,
+    )
+    vector_bytes = 16 * max(op.shape) * 2 + 16 * math.prod(op.grid) * max(spec.in_channels, spec.out_channels)
+    check_budget(24 * vector_bytes + op.hat.nbytes, request.max_memory, "the iterative solver for this layer")
+    upper, where, start = _certificate(request, weight)
+    if not np.iscomplexobj(weight):
+        start = larger_part(start)
+    rng = np.random.default_rng(0)  # a little of every direction, reproducibly
+    noise = rng.standard_normal(start.shape)
+    start = start / max(np.linalg.norm(start), 1e-300) + 1e-3 * noise / np.linalg.norm(noise)
+    basis = int(max(20, min(300, (request.max_memory // 4) // max(1, 16 * max(op.shape)))))
+    result = largest_singular_value(
+        lambda v: op.matvec(v).ravel(),
+        lambda v: op.rmatvec(v).ravel(),
+        start,
+        rtol=request.rtol,
+        max_iter=request.max_iter,
+        basis=basis,
+    )
+    upper = max(upper * (1 + allowance), result.value * (1 + allowance))
+    lower = max(0.0, result.value - allowance * upper)
+    method = f"Lanczos ({result.iterations} products with A^H A) between the Rayleigh quotient and the {where}"
+    warning = None
+    if not result.converged:
+        warning = (
+            f"operator_norm: the Lanczos solver did not reach rtol={request.rtol:g} within "
+            f"max_iter={request.max_iter} (relative residual {result.residual:.2e}); the norm lies in "
+            f"[{lower:.10g}, {upper:.10g}] and the lower end is returned. Raise max_iter or rtol."
+        )
+    return Solution(result.value, lower, upper, result.converged, method, warning, vector=result.vector, operator=op)

@@ -1,0 +1,122 @@
+r"""Largest singular values of transfer matrices at given frequencies, with cheap filters.
+
+The branch and bound (:mod:`convspectra.norm._circular`) needs :math:`\sigma_{\max}(T(g))` at
+many frequencies, and often only to know whether it beats the best value found so far (the
+*floor*). Matrices that provably cannot are settled by upper bounds that cost matrix products:
+the Frobenius norm, then Gram iteration (Delattre et al. 2023),
+:math:`\sigma \le \|G^{2^k}\|_F^{1/2^{k+1}}` for :math:`G = M^H M`; only the survivors get an SVD.
+
+Example:
+    >>> import numpy as np
+    >>> from convspectra.norm._sigma import sigma_max
+    >>> sigma_max(np.array([[[3.0, 0.0], [0.0, 1.0]], [[0.0, 2.0], [0.0, 0.0]]]))
+    array([3., 2.])
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._threads import run_chunks
+from ..transfer import FrequencyPlan
+
+__all__ = ["gram_bound", "sigma_max", "sigma_max_at", "squared_norms"]
+
+#: Bytes of transfer matrices per chunk of a batch.
+_CHUNK_BYTES = 8 * 2**20
+#: Gram-iteration steps tried before the eigensolver when a floor is given.
+_GRAM_STEPS = 3
+
+
+def squared_norms(matrices: np.ndarray) -> np.ndarray:
+    """``(B,)`` squared Frobenius norms of contiguous ``(B, p, q)`` matrices, without copies."""
+    flat = matrices.reshape(len(matrices), -1)
+    if np.iscomplexobj(flat):
+        flat = flat.view(np.float64 if flat.dtype == np.complex128 else np.float32)
+    return np.einsum("bk,bk->b", flat, flat)
+
+
+def gram_bound(matrices: np.ndarray) -> np.ndarray:
+    """``(B,)`` upper bounds on the spectral norms: ``||M^H M||_F^(1/2)``."""
+    matrices = np.ascontiguousarray(matrices)
+    p, q = matrices.shape[1:]
+    herm = np.ascontiguousarray(np.swapaxes(matrices, 1, 2).conj())
+    gram = matrices @ herm if p <= q else herm @ matrices
+    return np.sqrt(np.sqrt(squared_norms(gram)))
+
+
+def sigma_max(matrices: np.ndarray, floor: float = -np.inf) -> np.ndarray:
+    """Largest singular value of each of ``(B, p, q)`` matrices (LAPACK SVD, values only).
+
+    With a finite ``floor``, matrices that provably cannot exceed it are settled by cheap upper
+    bounds and skip the eigensolver (their returned value is that bound, itself at most
+    ``floor``): the Frobenius norm, then Gram iteration, each step one matrix product,
+    renormalised, the scale kept as a logarithm.
+    """
+    p, q = matrices.shape[1:]
+    if not np.isfinite(floor) and min(p, q) > 1:
+        return np.linalg.svd(matrices, compute_uv=False)[:, 0]
+    matrices = np.ascontiguousarray(matrices)
+    frobenius = np.sqrt(squared_norms(matrices))
+    if min(p, q) == 1:
+        return frobenius
+    result = frobenius.copy()
+    todo = np.flatnonzero(frobenius > floor)
+    if not len(todo):
+        return result
+    if np.isfinite(floor) and len(todo) < 0.9 * len(matrices):  # the Frobenius norm pruned: a peaked spectrum
+        part = matrices[todo]
+        herm = np.ascontiguousarray(np.swapaxes(part, 1, 2).conj())
+        gram = part @ herm if p <= q else herm @ part
+        log_floor = np.log(floor) if floor > 0 else -np.inf
+        current, log_scale, power = gram, np.zeros(len(todo)), 1  # G^power = exp(log_scale) * current
+        keep_idx = np.arange(len(todo))
+        for _ in range(_GRAM_STEPS):
+            norm = np.sqrt(squared_norms(current))
+            with np.errstate(divide="ignore"):
+                log_scale = log_scale + np.log(norm)
+            bound_log = log_scale / (2 * power)  # log of the bound on sigma
+            result[todo[keep_idx]] = np.minimum(result[todo[keep_idx]], np.exp(bound_log))
+            alive = bound_log > log_floor
+            if alive.mean() > 0.9:  # this step settled too few: more steps would not pay for themselves
+                keep_idx = keep_idx[alive]
+                break
+            if not alive.all():
+                keep_idx, current, log_scale, norm = keep_idx[alive], current[alive], log_scale[alive], norm[alive]
+            if not len(keep_idx):
+                return result
+            current = current / np.maximum(norm, np.finfo(float).tiny)[:, None, None]
+            current = current @ current
+            log_scale, power = 2 * log_scale, 2 * power
+        todo = todo[keep_idx]
+    # the exact value: LAPACK's SVD is faster here than the Gram matrix's eigenvalues (measured)
+    result[todo] = np.linalg.svd(matrices[todo], compute_uv=False)[:, 0]
+    return result
+
+
+def sigma_max_at(
+    plan: FrequencyPlan, flat: np.ndarray, freqs: np.ndarray, workers: int = 1, floor: float = -np.inf
+) -> np.ndarray:
+    """``(B,)`` largest singular value of the transfer matrix at each of ``freqs`` (max over groups).
+
+    Values at most ``floor`` may be replaced by upper bounds that are also at most ``floor``
+    (see :func:`sigma_max`). Batches are cut into chunks of about 8 MiB of matrices, spread over
+    ``workers`` threads when the work is large enough to pay for them.
+    """
+    groups = plan.spec.groups
+    rows, cols = plan.block_shape
+    per_chunk = max(1, _CHUNK_BYTES // (16 * rows * cols * groups))
+    chunks = [freqs[i : i + per_chunk] for i in range(0, len(freqs), per_chunk)]
+    if workers > 1 and len(chunks) < 4 * workers and len(freqs) > 1:
+        per = max(1, math.ceil(len(freqs) / (4 * workers)))
+        chunks = [freqs[i : i + per] for i in range(0, len(freqs), per)]
+
+    def one(part: np.ndarray) -> np.ndarray:
+        return sigma_max(plan.transfer_numpy(flat, part), floor).reshape(len(part), groups).max(axis=1)
+
+    if not chunks:
+        return np.zeros(0)
+    work = len(freqs) * groups * min(rows, cols) ** 2 * max(rows, cols)  # multiply-adds, roughly
+    return np.concatenate(run_chunks(one, chunks, workers if work > 2 * 10**7 else 1))
