@@ -62,6 +62,34 @@ def good_fft_size(n: int) -> int:
     return best
 
 
+def padded_output_shape(
+    input_shape: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    *,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[int, ...]:
+    """Output size of a padded convolution, as PyTorch computes it; an empty output is refused.
+
+    Example:
+        >>> from convspectra.norm._operator import padded_output_shape
+        >>> padded_output_shape((8, 8), ((1, 1), (0, 0)), kernel_size=(3, 3), stride=(2, 1), dilation=(1, 1))
+        (4, 6)
+    """
+    m = tuple(
+        (ni + pl + pr - di * (ki - 1) - 1) // si + 1
+        for ni, (pl, pr), di, ki, si in zip(input_shape, padding, dilation, kernel_size, stride, strict=True)
+    )
+    if min(m) < 1:
+        raise ParameterError(
+            f"input_shape: expected an input at least as large as the dilated kernel minus the padding "
+            f"(kernel {tuple(kernel_size)}, dilation {tuple(dilation)}, padding {tuple(padding)}), "
+            f"got {tuple(input_shape)}: the output would be empty"
+        )
+    return m
+
+
 def _padding_pairs(padding: Any, ndim: int) -> tuple[tuple[int, int], ...]:
     """``None`` (none), an int or one int per axis (both sides), or one ``(left, right)`` pair per axis."""
     if padding is None:
@@ -147,15 +175,7 @@ class ConvOperator:
             grid, offset, shift = n, (0,) * d, (0,) * d
             m = tuple(a // b for a, b in zip(n, s, strict=True))
         else:
-            m = tuple(
-                (ni + pl + pr - di * (ki - 1) - 1) // si + 1
-                for ni, (pl, pr), di, ki, si in zip(n, pads, dl, k, s, strict=True)
-            )
-            if min(m) < 1:
-                raise ParameterError(
-                    f"input_shape: expected an input at least as large as the dilated kernel minus the padding "
-                    f"(kernel {k}, dilation {dl}, padding {pads}), got {n}: the output would be empty"
-                )
+            m = padded_output_shape(n, pads, kernel_size=k, stride=s, dilation=dl)
             if mode == "zeros":
                 grid = tuple(good_fft_size(ni + pl + pr) for ni, (pl, pr) in zip(n, pads, strict=True))
                 offset, shift = tuple(pl for pl, _ in pads), (0,) * d

@@ -34,6 +34,7 @@ from .._memory import resolve_budget
 from .._threads import resolve_workers
 from ..errors import ParameterError
 from ..spec import ConvSpec, parse_layer
+from ._operator import padded_output_shape
 
 __all__ = ["DEFAULT_MAX_ITER", "DEFAULT_RTOL", "PADDINGS", "NormRequest", "resolve_request"]
 
@@ -155,15 +156,7 @@ def _layer(
         n = _transposed_input(n_user, spec0, pairs, output_padding)
     else:
         n = n_user
-    m = tuple(
-        (ni + pl + pr - di * (ki - 1) - 1) // si + 1
-        for ni, (pl, pr), di, ki, si in zip(n, pairs, dl, k, s, strict=True)
-    )
-    if min(m) < 1:
-        raise ParameterError(
-            f"input_shape: expected an input at least as large as the dilated kernel minus the padding "
-            f"(kernel {k}, dilation {dl}, padding {pairs}), got {n}: the output would be empty"
-        )
+    m = padded_output_shape(n, pairs, kernel_size=k, stride=s, dilation=dl)
     if mode == "circular":
         if any(max(pair) > ni for pair, ni in zip(pairs, n, strict=True)):
             raise ParameterError(f"padding: circular padding {pairs} larger than the input {n} (PyTorch refuses it)")
