@@ -4,9 +4,10 @@ A run selects every ``Conv1d/2d/3d`` and ``ConvTranspose1d/2d/3d`` of its model 
 :func:`convspectra.nn.conv_layers` and learns the input size of each from one forward pass
 (:func:`conv_records`, through the package's input-size recorder). The same records then serve
 both the ``clip=C`` arms' projection (:func:`project_convolutions`: the paper's Section 3 step,
-:func:`convspectra.nn.project_layers` with one alternating iteration, computed in float64, for
-every kind of convolution with its stride, dilation, groups and transposition) and the logged
-spectra (:func:`sigma_max`: the exact operator norm of every layer's circular operator).
+one alternating iteration of :func:`convspectra.nn.projected_kernels` in float64, for every kind
+of convolution with its dilation, groups and transposition, on the layer's stride-1 operator as
+the paper's method does) and the logged spectra (:func:`sigma_max`: the exact operator norm of
+every layer's circular operator, stride included).
 
 Example:
     >>> import torch
@@ -27,8 +28,9 @@ from typing import Any
 
 import torch
 
-from ..nn import ConvLayer, capture_input_shapes, conv_layers, project_layers
+from ..nn import ConvLayer, capture_input_shapes, conv_layers
 from ..nn.layers import LayerKey, ShapeLike
+from ..nn.projector import projected_kernels
 from ..nn.recording import assign_input_shapes
 from ..norm import operator_norm
 
@@ -38,8 +40,9 @@ __all__ = ["PROJECTION", "PROJECTION_OPTIONS", "conv_records", "project_convolut
 PROJECTION_OPTIONS: dict[str, Any] = {"iterations": 1, "method": "alternating"}
 #: How the ``clip=C`` arms project (recorded in every run's log).
 PROJECTION = (
-    "convspectra.nn.project_layers(iterations=1, method='alternating'): clip_operator_norm_many of every "
-    "convolution at its input size, stride, dilation, groups and transposition included, in float64"
+    "convspectra.nn.projected_kernels(iterations=1, method='alternating'): clip_operator_norm_many of every "
+    "convolution's stride-1 circular operator at its input size (dilation, groups and transposition included), "
+    "in float64"
 )
 
 
@@ -68,11 +71,23 @@ def conv_records(model: torch.nn.Module, image_shape: Sequence[int], max_norm: f
 def project_convolutions(layers: Sequence[ConvLayer]) -> None:
     """Project every layer onto its operator-norm ball in place: one clip-and-restrict step (:data:`PROJECTION`).
 
-    Each frequency's singular values are clipped at the layer's bound and the kernel is
-    restricted to its ``k x k`` support again (the paper's Section 3), computed in float64 on the
-    weight's device and copied back in the weight's dtype.
+    Each frequency's singular values of the layer's stride-1 circular operator at its input size
+    are clipped at the layer's bound and the kernel is restricted to its ``k x k`` support again
+    (the paper's Section 3 step; the paper's method ignores the stride, and for a strided layer
+    the stride-1 bound also bounds the strided operator: subsampling the output is a
+    contraction). Computed in float64 on the weight's device and copied back in the weight's dtype.
     """
-    project_layers(layers, **PROJECTION_OPTIONS)
+    jobs = [
+        (layer.module.weight, layer.require_input_shape(), layer.max_norm, {**layer.geometry(), "stride": 1})
+        for layer in layers
+    ]
+    with torch.no_grad():
+        for layer, new in zip(
+            layers,
+            projected_kernels(jobs, rescale=False, device=None, **PROJECTION_OPTIONS, min_norm=None),
+            strict=True,
+        ):
+            layer.module.weight.copy_(new)
 
 
 def sigma_max(layers: Sequence[ConvLayer], *, workers: int | None = None) -> dict[str, float]:

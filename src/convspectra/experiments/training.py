@@ -3,8 +3,9 @@
 One *run* trains :func:`convspectra.models.cifar_resnet` on one dataset, in one *arm* (baseline,
 ``clip=C`` or ``l1=LAMBDA``; see :mod:`convspectra.experiments.config`), from one seed. The
 ``clip=C`` arms project every convolution onto the operator-norm ball of radius ``C`` every
-``project_every`` optimizer steps, with :mod:`convspectra.nn` (every conv kind, with its stride,
-dilation, groups and transposition; see :mod:`convspectra.experiments.convolutions`).
+``project_every`` optimizer steps, with :mod:`convspectra.nn` (every conv kind, with its dilation,
+groups and transposition, on its stride-1 operator as the paper's method does; see
+:mod:`convspectra.experiments.convolutions`).
 
 Pairing: the model is initialised from ``torch.manual_seed(seed)`` and the data order and
 augmentation come from a separate generator seeded with ``seed``, which draws the same numbers in
