@@ -47,6 +47,8 @@ def _read(path: str | os.PathLike[str], name: str = "weights") -> object:
 
     ``name`` is the parameter the error messages name.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ParameterTypeError(f"{name}: expected the path of a file (str or os.PathLike), got {path!r}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ParameterError(f"{name}: expected an existing file, got {path!r} (no such file)")
