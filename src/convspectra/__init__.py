@@ -10,7 +10,15 @@ from typing import Any
 
 from . import bounds
 from ._memory import DEFAULT_MEMORY_BUDGET
-from .errors import ConvergenceWarning, ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
+from .errors import (
+    CheckpointError,
+    ConvergenceWarning,
+    ConvSpectraError,
+    LayoutWarning,
+    MemoryBudgetError,
+    ParameterError,
+    ParameterTypeError,
+)
 from .norm import NormBounds, operator_norm, operator_norm_bounds
 from .projection import (
     ProjectionReport,
@@ -26,10 +34,12 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "LAYOUTS",
+    "CheckpointError",
     "ConvSpec",
     "ConvSpectraError",
     "ConvergenceWarning",
     "FrequencySpectrum",
+    "LayoutWarning",
     "MemoryBudgetError",
     "NormBounds",
     "ParameterError",

@@ -16,7 +16,15 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["ConvSpectraError", "ConvergenceWarning", "MemoryBudgetError", "ParameterError", "ParameterTypeError"]
+__all__ = [
+    "CheckpointError",
+    "ConvSpectraError",
+    "ConvergenceWarning",
+    "LayoutWarning",
+    "MemoryBudgetError",
+    "ParameterError",
+    "ParameterTypeError",
+]
 
 
 class ConvSpectraError(Exception):
@@ -37,3 +45,18 @@ class MemoryBudgetError(ParameterError):
 
 class ConvergenceWarning(UserWarning):
     """An iterative solver stopped at its budget; the message gives the bracket it reached."""
+
+
+class LayoutWarning(UserWarning):
+    """A kernel read in the default layout (``"OIHW"``) has a shape that looks like the other one (``"HWIO"``).
+
+    Passing ``layout=`` explicitly (``"OIHW"`` to confirm, ``"HWIO"`` if it is channels-last) silences
+    it, as does ``warnings.filterwarnings("ignore", category=convspectra.LayoutWarning)``.
+    """
+
+
+class CheckpointError(ParameterError):
+    """A training checkpoint cannot be used: unreadable, not a checkpoint, corrupted, or of another run.
+
+    The message names the file and the problem.
+    """
