@@ -12,6 +12,7 @@ from . import bounds
 from ._memory import DEFAULT_MEMORY_BUDGET
 from .errors import (
     CheckpointError,
+    CheckpointWarning,
     ConvergenceWarning,
     ConvSpectraError,
     LayoutWarning,
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "LAYOUTS",
     "CheckpointError",
+    "CheckpointWarning",
     "ConvSpec",
     "ConvSpectraError",
     "ConvergenceWarning",

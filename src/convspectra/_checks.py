@@ -49,6 +49,17 @@ def _show(number: int) -> str:
     return str(number)
 
 
+def _received(value: Any) -> str:
+    """``repr(value)`` for a message, with integers of more than 30 digits shortened (``10**400``: 401 digits)."""
+    if _is_int(value) and abs(int(value)) >= 10**30:
+        digits = len(str(abs(int(value))))
+        return f"{'-' if value < 0 else ''}{str(abs(int(value)))[:6]}... (an integer of {digits} digits)"
+    if isinstance(value, (tuple, list)) and any(_is_int(item) and abs(int(item)) >= 10**30 for item in value):
+        inner = ", ".join(_received(item) for item in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    return repr(value)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
@@ -63,7 +74,7 @@ def integer(name: str, value: Any, *, minimum: int = 1, maximum: int | None = No
     if not _is_int(value):
         raise ParameterTypeError(f"{name}: expected {what}, got {value!r} ({describe(value)})")
     if value < minimum or (maximum is not None and value > maximum):
-        raise ParameterError(f"{name}: expected {what}, got {value!r}")
+        raise ParameterError(f"{name}: expected {what}, got {_received(value)}")
     return int(value)
 
 
@@ -94,7 +105,7 @@ def real(
     try:
         number = float(value)
     except OverflowError:  # an int beyond the float range, e.g. 10**400
-        raise ParameterError(f"{name}: expected {what}, got {value!r}") from None
+        raise ParameterError(f"{name}: expected {what}, got {_received(value)}") from None
     below = minimum is not None and (number < minimum or (open_below and number == minimum))
     above = maximum is not None and (number > maximum or (open_above and number == maximum))
     if not math.isfinite(number) or below or above:
@@ -152,7 +163,7 @@ def as_tuple(name: str, value: Any, ndim: int, *, minimum: int = 1, maximum: int
         if int(item) < minimum:
             raise ParameterError(f"{name}: expected integers >= {minimum}, got {value!r}")
         if int(item) > maximum:
-            raise ParameterError(f"{name}: expected integers <= {_show(maximum)}, got {value!r}")
+            raise ParameterError(f"{name}: expected integers <= {_show(maximum)}, got {_received(value)}")
         out.append(int(item))
     return tuple(out)
 

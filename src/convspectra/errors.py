@@ -18,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWarning",
     "ConvSpectraError",
     "ConvergenceWarning",
     "LayoutWarning",
@@ -60,3 +61,7 @@ class CheckpointError(ParameterError):
 
     The message names the file and the problem.
     """
+
+
+class CheckpointWarning(UserWarning):
+    """A training checkpoint has no checksum (an older version wrote it): it is resumed unverified."""

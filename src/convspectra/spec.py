@@ -153,17 +153,18 @@ def layout_warning(shape: Sequence[int]) -> str | None:
     """Why a kernel of this shape, read in the default layout ``"OIHW"``, looks channels-last; None if it does not.
 
     The sign of a ``"HWIO"`` kernel read as ``"OIHW"``: its leading axes (the spatial kernel of
-    the HWIO reading) are equal and small (at most 7), and its two channel axes (the spatial
-    kernel of the OIHW reading) are larger and differ, which a square OIHW kernel cannot have
-    (for 3 spatial axes the equal leading three suffice). Kernels with one spatial axis never warn.
+    the HWIO reading) are equal and small (at most 7), and its last two axes (the channels of the
+    HWIO reading, the spatial kernel of the OIHW one) are both at least 8 and larger than those
+    and, for 2 spatial axes, differ (an OIHW kernel is nearly always square). Small tests' kernels,
+    such as ``(1, 1, 2, 3)`` or ``(3, 3, 3, 3)``, and kernels with one spatial axis never warn.
 
     Example:
         >>> from convspectra.spec import layout_warning
         >>> layout_warning((3, 3, 16, 32)).split(";")[0]
         "kernel: shape (3, 3, 16, 32) is read as 'OIHW' (3 out, 3 in channels, a 16x32 kernel) but looks like a \
 channels-last 'HWIO' kernel (a 3x3 kernel, 16 in, 32 out channels)"
-        >>> layout_warning((32, 16, 3, 3)) is None, layout_warning((3, 3, 3, 3)) is None
-        (True, True)
+        >>> [layout_warning(shape) is None for shape in [(32, 16, 3, 3), (3, 3, 3, 3), (1, 1, 2, 3), (3, 3, 16, 16)]]
+        [True, True, True, True]
     """
     shape = tuple(int(size) for size in shape)
     ndim = len(shape) - 2
@@ -171,7 +172,7 @@ channels-last 'HWIO' kernel (a 3x3 kernel, 16 in, 32 out channels)"
         return None
     leading, trailing = shape[:ndim], shape[ndim:]
     side = leading[0]
-    if any(size != side for size in leading) or side > _SMALL_KERNEL or min(trailing) <= side:
+    if any(size != side for size in leading) or side > _SMALL_KERNEL or min(trailing) <= max(side, _SMALL_KERNEL):
         return None
     if ndim == 2 and trailing[0] == trailing[1]:
         return None
