@@ -25,7 +25,8 @@ import importlib
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .commands import COMMANDS
@@ -75,9 +76,17 @@ def _one_line(err: BaseException, limit: int | None = None) -> str:
     return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _show_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
-    """Warnings in one line on stderr, like the errors (no file name, no source line)."""
-    print(f"convspectra: warning: {' '.join(str(message).split())} ({category.__name__})", file=sys.stderr)
+def _one_line_warnings(previous: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints the library's own warnings in one line on stderr, like the
+    errors (no file name, no source line), and hands any other warning to ``previous``."""
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if category.__module__.partition(".")[0] != "convspectra":
+            previous(message, category, *args, **kwargs)
+            return
+        print(f"convspectra: warning: {' '.join(str(message).split())} ({category.__name__})", file=sys.stderr)
+
+    return show
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False))
     try:
         with warnings.catch_warnings(), step(f"running {name}"):
-            warnings.showwarning = _show_warning
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
             check_outputs(args)
             return int(args.handler(args))
     except KeyboardInterrupt:
