@@ -142,7 +142,7 @@ def _public_calls(kernel, **layout):
     ],
 )
 def test_input_shape_none_is_refused_not_a_one_by_one_grid(call):
-    with pytest.raises(cs.ParameterTypeError, match="input_shape: expected .*got None"):
+    with pytest.raises(cs.ParameterTypeError, match=r"input_shape: expected .*got None"):
         call()
 
 
@@ -177,8 +177,20 @@ def test_the_layout_warning_changes_nothing_but_says_the_reading_differs():
 
 @pytest.mark.parametrize(
     "shape",
-    [(3, 3, 3, 3), (2, 2, 3, 3), (1, 1, 2, 3), (1, 1, 11, 11), (2, 2, 11, 11), (3, 3, 16, 16), (64, 64, 3, 3),
-     (32, 16, 3, 3), (16, 1, 5, 5), (3, 3, 3, 64), (4, 4, 9), (2, 2, 2, 3, 4)],
+    [
+        (3, 3, 3, 3),
+        (2, 2, 3, 3),
+        (1, 1, 2, 3),
+        (1, 1, 11, 11),
+        (2, 2, 11, 11),
+        (3, 3, 16, 16),
+        (64, 64, 3, 3),
+        (32, 16, 3, 3),
+        (16, 1, 5, 5),
+        (3, 3, 3, 64),
+        (4, 4, 9),
+        (2, 2, 2, 3, 4),
+    ],
 )
 def test_common_channels_first_shapes_do_not_warn(shape):
     with warnings.catch_warnings():
@@ -254,7 +266,8 @@ def test_huge_integers_are_refused_naming_the_parameter(kwargs, fragment):
 def test_the_largest_dilation_is_exact():
     kernel = np.random.default_rng(1).normal(size=(2, 2, 3, 3))
     big = 2**31 - 1  # the taps land at 0, big mod 8 = 7 and 2 big mod 8 = 6: the same layer as dilation 7
-    np.testing.assert_array_equal(cs.singular_values(kernel, 8, dilation=big), cs.singular_values(kernel, 8, dilation=7))
+    expected = cs.singular_values(kernel, 8, dilation=7)
+    np.testing.assert_array_equal(cs.singular_values(kernel, 8, dilation=big), expected)
 
 
 def test_a_number_beyond_the_float_range_is_a_parameter_error():

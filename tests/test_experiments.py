@@ -318,7 +318,7 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path: Path) -> None:
         train_run(config, Arm(), 5, tmp_path / "killed")
 
 
-# ---------------------------------------------------------------- checkpoints: checksum, one clear error naming the file
+# ---------------------------------------------------------------- checkpoints: a checksum, and errors naming the file
 
 
 @pytest.fixture(scope="module")
@@ -373,7 +373,10 @@ def test_one_flipped_byte_in_a_weight_is_refused_naming_the_file(half_run, tmp_p
         (lambda path: path.write_bytes(b""), "is empty (0 bytes)"),
         (lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]), "it is truncated, corrupted"),
         (lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)), "not a torch checkpoint"),
-        (lambda path: torch.save({"weights": torch.ones(3)}, path), "is not a checkpoint of a convspectra training run"),
+        (
+            lambda path: torch.save({"weights": torch.ones(3)}, path),
+            "is not a checkpoint of a convspectra training run",
+        ),
         (lambda path: torch.save(torch.ones(3), path), "is not a checkpoint of a convspectra training run"),
     ],
 )

@@ -99,10 +99,10 @@ def dense_tensor(name: str, tensor: Any) -> Any:
         >>> from convspectra._backend import dense_tensor
         >>> dense_tensor("kernel", torch.ones(2, dtype=torch.complex64).conj()).is_conj()
         False
-        >>> dense_tensor("kernel", torch.ones(2, 2).to_sparse())
+        >>> dense_tensor("kernel", torch.ones(2, 2).to_sparse())  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        convspectra.errors.ParameterTypeError: kernel: expected a dense torch.Tensor, got a sparse tensor (layout torch.sparse_coo); pass kernel.to_dense()
+        convspectra.errors.ParameterTypeError: kernel: expected a dense torch.Tensor, got a sparse tensor (layout ...
     """
     torch = loaded_torch()
     if getattr(tensor, "is_nested", False):

@@ -62,7 +62,9 @@ def _group_sums(weight: Any, groups: int) -> Any:
     return sums.reshape(groups, out_channels // groups, in_per_group)
 
 
-def l1_bound(kernel: Any, *, layout: str | None = None, groups: int | None = None, transposed: bool | None = None) -> Any:
+def l1_bound(
+    kernel: Any, *, layout: str | None = None, groups: int | None = None, transposed: bool | None = None
+) -> Any:
     r"""Proposition 6 / 11 (right-hand side): :math:`\|A\|_2 \le \sum_{c,d,t} |K_{c,d,t}|`.
 
     The loosest of the bounds, and the paper's L1 regulariser (Section 4.2).

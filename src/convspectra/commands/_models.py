@@ -32,7 +32,7 @@ def _installed(name: str) -> tuple[Any, str]:
         return importlib.import_module(name), "installed"
     except ImportError:
         return None, f"{name} not installed"
-    except Exception as err:  # noqa: BLE001 - a broken install may raise anything while importing
+    except Exception as err:  # a broken install may raise anything while importing
         first = " ".join(str(err).split())[:160]
         return None, f"{name} is installed but failed to import ({type(err).__name__}: {first})"
 
@@ -67,9 +67,7 @@ def _from_import_path(spec: str) -> Any:
         try:
             return target()
         except Exception as err:
-            raise ParameterError(
-                f"model: calling {spec!r} (without arguments) raised {_problem(err)}"
-            ) from err
+            raise ParameterError(f"model: calling {spec!r} (without arguments) raised {_problem(err)}") from err
 
 
 def _torchscript(path: str) -> Any:

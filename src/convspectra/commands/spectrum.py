@@ -125,7 +125,8 @@ def _per_axis(values: list[int] | None) -> int | tuple[int, ...] | None:
 
 
 def _print(result: dict[str, Any], values: Any, args: argparse.Namespace) -> None:
-    print(f"kernel {args.kernel}: shape {tuple(result['kernel_shape'])} ({result['layout']}), input {result['input_shape']}")
+    shape, layout = tuple(result["kernel_shape"]), result["layout"]
+    print(f"kernel {args.kernel}: shape {shape} ({layout}), input {result['input_shape']}")
     print(f"{result['num_singular_values']} singular values (circular padding)")
     print(f"sigma_max        {result['sigma_max']:.10g}")
     print(f"sigma_min        {result['sigma_min']:.10g}")

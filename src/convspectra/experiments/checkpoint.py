@@ -29,7 +29,7 @@ Example:
     >>> read_checkpoint(folder, {"config": {"epochs": 2}, "arm": "baseline", "seed": 0})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    convspectra.errors.CheckpointError: run_dir: the checkpoint '...checkpoint.pt' was written with another config (config.epochs: checkpoint 1, now 2); ...
+    convspectra.errors.CheckpointError: run_dir: the checkpoint '...' was written with another config (config.epochs...
 """
 
 from __future__ import annotations
@@ -141,8 +141,10 @@ def _load(path: Path) -> dict[str, Any]:
     log = checkpoint.get("log") if isinstance(checkpoint, dict) else None
     missing = [key for key in _KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing or not isinstance(log, dict) or any(key not in log for key in _IDENTITY):
-        got = f"a dict with keys {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, dict) else (
-            type(checkpoint).__name__
+        got = (
+            f"a dict with keys {sorted(map(str, checkpoint))[:8]}"
+            if isinstance(checkpoint, dict)
+            else (type(checkpoint).__name__)
         )
         raise CheckpointError(
             f"run_dir: {str(path)!r} is not a checkpoint of a convspectra training run: expected a dict with "
