@@ -278,3 +278,157 @@ def test_report_draws_its_progress_through_the_adapter(monkeypatch, capsys):
     monkeypatch.setattr(_progress, "progress_bar", recording)
     assert main(["report", "resnet20", "--input-shape", "3", "8", "8", "--quiet"]) == 0
     assert seen[0] == (1, 20, "conv1") and seen[-1] == (20, 20, "linear")
+
+
+# ---------------------------------------------------------------- issue 11: one line on any failure, never a traceback
+
+
+def _one_line(capsys, prefix: str = "convspectra: error: ") -> str:
+    captured = capsys.readouterr()
+    assert captured.err.startswith(prefix), captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+    return captured.err
+
+
+@pytest.fixture
+def user_modules(tmp_path, monkeypatch):
+    """Importable modules for MODEL = 'package.module:callable': one whose callable raises, one with a syntax error."""
+    (tmp_path / "raising_model.py").write_text("def make():\n    raise RuntimeError('cannot build it')\n")
+    (tmp_path / "broken_syntax.py").write_text("def make(:\n    pass\n")
+    (tmp_path / "failing_import.py").write_text("raise ValueError('no config found')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("raising_model", "broken_syntax", "failing_import"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("raising_model:make", "model: calling 'raising_model:make' (without arguments) raised RuntimeError: cannot"),
+        ("broken_syntax:make", "model: could not import 'broken_syntax' (from 'broken_syntax:make'): SyntaxError"),
+        ("failing_import:make", "could not import 'failing_import' (from 'failing_import:make'): ValueError: no conf"),
+        (":x", "model: expected 'package.module:callable' (a module to import"),
+        ("raising_model:", "expected 'package.module:callable'"),
+        ("raising_model:make()", "expected 'package.module:callable'"),
+    ],
+)
+def test_a_bad_import_path_is_one_line_and_status_2(model, message, user_modules, capsys):
+    assert main(["report", model, "--input-shape", "3", "8", "8"]) == 2
+    assert message in _one_line(capsys)
+
+
+def test_a_raising_callable_as_a_subprocess_prints_no_traceback(user_modules):
+    env = {**__import__("os").environ, "PYTHONPATH": str(user_modules)}
+    done = subprocess.run(
+        [sys.executable, "-m", "convspectra", "report", "raising_model:make"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr and "cannot build it" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "kernel: expected a .npy array in"),
+        (None, "kernel: expected 3, 4 or 5 dimensions"),  # a .npy of shape (0,)
+        ("truncated", "kernel: could not read"),
+        (b"not a numpy file at all", "kernel: could not read"),
+    ],
+)
+def test_an_empty_or_damaged_npy_is_one_line_and_status_2(content, message, tmp_path, capsys):
+    path = tmp_path / "k.npy"
+    if content is None:
+        np.save(path, np.zeros((0,)))
+    elif content == "truncated":
+        np.save(path, np.ones((4, 2, 3, 3)))
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        path.write_bytes(content)
+    assert main(["spectrum", str(path), "--input-shape", "8"]) == 2
+    assert message in _one_line(capsys)
+
+
+def test_figure1_channel_counts_that_cannot_fit_are_refused_before_any_work(no_work, capsys):
+    for alias in (["bench", "figure1"], ["reproduce", "figure1"]):
+        start = time.perf_counter()
+        assert main([*alias, "--channels-3x3", "100000"]) == 2
+        assert time.perf_counter() - start < 5
+        message = _one_line(capsys)
+        assert "argument --channels-3x3: expected a channel count whose 3x3@16x16 point fits in 4.0 GiB" in message
+        assert "got 100000" in message and "TiB" in message
+    assert main(["bench", "figure1", "--channels-11x11", "2", "5000"]) == 2
+    assert "11x11@64x64" in _one_line(capsys)
+
+
+def test_a_torchvision_whose_compiled_ops_fail_to_load_is_named(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert main(["report", "resnet18"]) == 2
+    message = _one_line(capsys)
+    assert "torchvision is installed but failed to import (RuntimeError: operator torchvision::nms does not exist)" in (
+        message
+    )
+    assert "got 'resnet18'" in message
+
+
+def _raise_in_report(monkeypatch, error: BaseException) -> None:
+    import convspectra.analysis
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(convspectra.analysis, "spectral_report", fail)
+
+
+def test_an_unexpected_error_is_one_line_naming_the_step_and_status_1(monkeypatch, capsys):
+    _raise_in_report(monkeypatch, RuntimeError("CUDA error: an illegal memory access\nwas encountered"))
+    assert main(["report", "resnet20", "--input-shape", "3", "8", "8"]) == 1
+    message = _one_line(capsys, "convspectra report: error while computing the report of 'resnet20': RuntimeError: ")
+    assert "an illegal memory access was encountered (run again with --debug for the traceback)" in message
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_before_the_line(where, monkeypatch, capsys):
+    _raise_in_report(monkeypatch, RuntimeError("boom"))
+    argv = ["report", "resnet20", "--input-shape", "3", "8", "8"]
+    assert main(["--debug", *argv] if where == "before" else [*argv, "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "in fail" in err
+    last = err.splitlines()[-1]
+    assert last == "convspectra report: error while computing the report of 'resnet20': RuntimeError: boom"
+    assert main(["bench", "figure1", "--channels-3x3", "0", "--debug"]) == 2  # parse errors stay one line
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys):
+    _raise_in_report(monkeypatch, KeyboardInterrupt())
+    try:
+        code = main(["report", "resnet20", "--input-shape", "3", "8", "8"])
+    except KeyboardInterrupt:
+        pytest.fail("main let the KeyboardInterrupt through (a traceback for the user)")
+    assert code == 130
+    assert _one_line(capsys, "convspectra report: interrupted") == "convspectra report: interrupted\n"
+
+
+def test_spectrum_warns_in_one_line_when_a_kernel_looks_channels_last(tmp_path, capsys):
+    np.save(tmp_path / "k.npy", np.random.default_rng(0).normal(size=(3, 3, 16, 32)))
+    assert main(["spectrum", str(tmp_path / "k.npy"), "--input-shape", "8", "--padding", "1"]) == 2  # kernel > input
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert lines[0].startswith("convspectra: warning: kernel: shape (3, 3, 16, 32) is read as 'OIHW'")
+    assert lines[0].endswith("(LayoutWarning)") and len(lines) == 2 and lines[1].startswith("convspectra: error: ")
+    assert main(["spectrum", str(tmp_path / "k.npy"), "--input-shape", "8", "--layout", "HWIO", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and json.loads(captured.out)["layout"] == "HWIO"
+    assert main(["spectrum", str(tmp_path / "k.npy"), "--input-shape", "8", "--layout", "OIHW"]) == 0
+    assert capsys.readouterr().err == ""

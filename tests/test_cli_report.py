@@ -262,3 +262,23 @@ def test_spectrum_of_safetensors_and_single_tensor_files(tmp_path, capsys):
     argv = ["spectrum", str(tmp_path / "k.safetensors"), "--key", "conv.weight", "--input-shape", "5", "--json", "-"]
     assert main(argv) == 0
     assert_spectrum_matches(np.array(json.loads(capsys.readouterr().out)["spectrum"]), kernel, (5, 5))
+
+
+def test_spectrum_reads_the_readme_checkpoint_layout_with_one_loader(tmp_path, capsys):
+    """Issue 11: 'spectrum resnet32-d509ac18.th --key conv1.weight' said "--key: expected one of [], ...".
+
+    The file is built like the README's checkpoint: {'state_dict': {'module.<name>': tensor}} (plus other entries).
+    """
+    torch.manual_seed(5)
+    model = resnet32()
+    path = tmp_path / "resnet32-test.th"
+    torch.save({"best_prec1": 92.6, "state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, path)
+    argv = ["spectrum", str(path), "--key", "conv1.weight", "--input-shape", "32", "32", "--json", "-"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    kernel = model.conv1.weight.detach().double()
+    assert data["kernel_shape"] == [16, 3, 3, 3]
+    np.testing.assert_array_equal(np.array(data["spectrum"]), cs.singular_values(kernel, (32, 32)))
+    assert main(["report", "resnet32", *SMALL, "--weights", str(path), "--json", "-"]) == 0  # the same file, same names
+    first = next(layer for layer in json.loads(capsys.readouterr().out)["layers"] if layer["name"] == "conv1")
+    assert first["sigma_max"] == pytest.approx(float(cs.operator_norm(kernel, (8, 8))), rel=1e-12)

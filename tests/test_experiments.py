@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from convspectra.cli import main  # noqa: E402
-from convspectra.errors import ParameterError, ParameterTypeError  # noqa: E402
+from convspectra.errors import CheckpointError, CheckpointWarning, ParameterError, ParameterTypeError  # noqa: E402
 from convspectra.experiments import datasets as ds  # noqa: E402
 from convspectra.experiments.config import Arm, TrainConfig, learning_rate, parse_arm  # noqa: E402
 from convspectra.experiments.convolutions import conv_records, project_convolutions  # noqa: E402
@@ -316,6 +316,104 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path: Path) -> None:
     assert train_run(config, arm, 5, tmp_path / "killed")["epochs"] == resumed["epochs"]
     with pytest.raises(ParameterError, match="expected a checkpoint of arm baseline, seed 5"):
         train_run(config, Arm(), 5, tmp_path / "killed")
+
+
+# ---------------------------------------------------------------- checkpoints: a checksum, and errors naming the file
+
+
+@pytest.fixture(scope="module")
+def half_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, Path]:
+    """A 2-epoch run stopped after its first epoch: a folder with a checkpoint to resume from."""
+    root = tmp_path_factory.mktemp("half_run")
+    config = _config(_synthetic_idx(root / "data", train=16, test=8), epochs=2, batch_size=8)
+    train_run(config, Arm(clip=0.8), 3, root / "run", max_epochs=1)
+    return config, root / "run"
+
+
+def _copy_run(source: Path, target: Path) -> Path:
+    target.mkdir(parents=True)
+    for item in source.iterdir():
+        (target / item.name).write_bytes(item.read_bytes())
+    return target / "checkpoint.pt"
+
+
+def _flip_a_byte_of(path: Path, tensor: torch.Tensor) -> None:
+    """Flip one byte in the middle of ``tensor``'s storage inside the checkpoint file."""
+    data = bytearray(path.read_bytes())
+    raw = tensor.contiguous().numpy().tobytes()
+    at = data.find(raw)
+    assert at >= 0 and data.find(raw, at + 1) < 0  # the storage appears once, verbatim
+    data[at + len(raw) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_carries_a_checksum_of_its_content(half_run) -> None:
+    from convspectra.experiments.checkpoint import CHECKSUM, state_digest
+
+    checkpoint = torch.load(half_run[1] / "checkpoint.pt", weights_only=True)
+    assert checkpoint[CHECKSUM] == state_digest(checkpoint) and len(checkpoint[CHECKSUM]) == 64
+
+
+def test_one_flipped_byte_in_a_weight_is_refused_naming_the_file(half_run, tmp_path: Path) -> None:
+    config, source = half_run
+    path = _copy_run(source, tmp_path / "run")
+    weight = torch.load(path, weights_only=True)["model"]["conv1.weight"]
+    _flip_a_byte_of(path, weight)
+    loaded = torch.load(path, weights_only=True)["model"]["conv1.weight"]  # torch itself reads it without a word
+    assert loaded.shape == weight.shape and not torch.equal(loaded, weight)
+    with pytest.raises(CheckpointError) as info:
+        train_run(config, Arm(clip=0.8), 3, tmp_path / "run")
+    message = str(info.value)
+    assert message.startswith(f"run_dir: the checkpoint {str(path)!r} is corrupted") and "SHA-256 checksum" in message
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda path: path.write_bytes(b""), "is empty (0 bytes)"),
+        (lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]), "it is truncated, corrupted"),
+        (lambda path: path.write_bytes(np.random.default_rng(0).bytes(4096)), "not a torch checkpoint"),
+        (
+            lambda path: torch.save({"weights": torch.ones(3)}, path),
+            "is not a checkpoint of a convspectra training run",
+        ),
+        (lambda path: torch.save(torch.ones(3), path), "is not a checkpoint of a convspectra training run"),
+    ],
+)
+def test_an_unusable_checkpoint_is_refused_naming_the_file_and_the_problem(half_run, tmp_path, damage, fragment):
+    config, source = half_run
+    path = _copy_run(source, tmp_path / "run")
+    damage(path)
+    with pytest.raises(CheckpointError) as info:
+        train_run(config, Arm(clip=0.8), 3, tmp_path / "run")
+    message = str(info.value)
+    assert str(path) in message and fragment in message, message
+    assert "\n" not in message and "delete it" in message
+
+
+def test_a_changed_config_names_the_fields_that_differ(half_run, tmp_path: Path) -> None:
+    config, source = half_run
+    _copy_run(source, tmp_path / "run")
+    changed = TrainConfig.from_dict({**config.to_dict(), "batch_size": 4, "lr": 0.05})
+    with pytest.raises(CheckpointError) as info:
+        train_run(changed, Arm(clip=0.8), 3, tmp_path / "run")
+    message = str(info.value)
+    assert "was written with another config" in message and str(tmp_path / "run" / "checkpoint.pt") in message
+    assert f"config.batch_size: checkpoint 8, now 4; config.lr: checkpoint {config.lr!r}, now 0.05" in message
+    with pytest.raises(CheckpointError, match="expected a checkpoint of arm baseline, seed 3"):
+        train_run(config, Arm(), 3, tmp_path / "run")
+
+
+def test_a_checkpoint_without_checksum_resumes_with_a_warning(half_run, tmp_path: Path) -> None:
+    config, source = half_run
+    path = _copy_run(source, tmp_path / "run")
+    old = torch.load(path, weights_only=True)
+    del old["sha256"]  # as written before checkpoints carried a checksum
+    torch.save(old, path)
+    with pytest.warns(CheckpointWarning, match="has no checksum"):
+        log = train_run(config, Arm(clip=0.8), 3, tmp_path / "run")
+    assert log["finished"] and log["resumed_at_epochs"] == [1]
+    assert "sha256" in torch.load(path, weights_only=True)  # the next checkpoint has one
 
 
 def test_progress_is_called_after_every_batch_and_torch_settings_are_restored(tmp_path: Path) -> None:

@@ -10,7 +10,16 @@ from typing import Any
 
 from . import bounds
 from ._memory import DEFAULT_MEMORY_BUDGET
-from .errors import ConvergenceWarning, ConvSpectraError, MemoryBudgetError, ParameterError, ParameterTypeError
+from .errors import (
+    CheckpointError,
+    CheckpointWarning,
+    ConvergenceWarning,
+    ConvSpectraError,
+    LayoutWarning,
+    MemoryBudgetError,
+    ParameterError,
+    ParameterTypeError,
+)
 from .norm import NormBounds, operator_norm, operator_norm_bounds
 from .projection import (
     ProjectionReport,
@@ -26,10 +35,13 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "LAYOUTS",
+    "CheckpointError",
+    "CheckpointWarning",
     "ConvSpec",
     "ConvSpectraError",
     "ConvergenceWarning",
     "FrequencySpectrum",
+    "LayoutWarning",
     "MemoryBudgetError",
     "NormBounds",
     "ParameterError",

@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ParameterError
+from .errors import ParameterError, ParameterTypeError
 
 __all__ = [
     "conv_module_types",
+    "dense_tensor",
     "is_conv_module",
     "is_tensor",
     "is_torch_module",
@@ -84,6 +85,51 @@ def module_geometry(module: Any) -> dict[str, Any]:
         "groups": int(module.groups),
         "transposed": is_transposed_module(module),
     }
+
+
+def dense_tensor(name: str, tensor: Any) -> Any:
+    """``tensor`` as an ordinary dense tensor with values, or a :class:`ParameterTypeError` naming ``name``.
+
+    Conjugate and negative views (``k.conj()``, ``k.conj().imag``) are resolved (a copy with
+    the same values, autograd kept); nested, sparse, quantized and meta tensors are refused
+    with the kind received and how to convert it.
+
+    Example:
+        >>> import torch
+        >>> from convspectra._backend import dense_tensor
+        >>> dense_tensor("kernel", torch.ones(2, dtype=torch.complex64).conj()).is_conj()
+        False
+        >>> dense_tensor("kernel", torch.ones(2, 2).to_sparse())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        convspectra.errors.ParameterTypeError: kernel: expected a dense torch.Tensor, got a sparse tensor (layout ...
+    """
+    torch = loaded_torch()
+    if getattr(tensor, "is_nested", False):
+        raise ParameterTypeError(
+            f"{name}: expected a dense torch.Tensor, got a nested tensor; pass one regular tensor "
+            f"(e.g. {name}.to_padded_tensor(0.0) if its entries share a shape)"
+        )
+    if tensor.layout != torch.strided:
+        raise ParameterTypeError(
+            f"{name}: expected a dense torch.Tensor, got a sparse tensor (layout {tensor.layout}); "
+            f"pass {name}.to_dense()"
+        )
+    if tensor.is_quantized:
+        raise ParameterTypeError(
+            f"{name}: expected a floating-point or complex torch.Tensor, got a quantized tensor "
+            f"(dtype {tensor.dtype}); pass {name}.dequantize()"
+        )
+    if tensor.device.type == "meta":
+        raise ParameterTypeError(
+            f"{name}: expected a tensor with values, got a meta tensor (shape {tuple(tensor.shape)}, no data); "
+            "materialise it first (e.g. torch.nn.Module.to_empty plus its initialisation, or load its weights)"
+        )
+    if tensor.is_conj():
+        tensor = tensor.resolve_conj()
+    if tensor.is_neg():
+        tensor = tensor.resolve_neg()
+    return tensor
 
 
 def to_numpy(array: Any) -> np.ndarray:

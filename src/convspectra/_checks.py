@@ -27,13 +27,37 @@ import numpy as np
 
 from .errors import ParameterError, ParameterTypeError
 
-__all__ = ["as_tuple", "choice", "describe", "flag", "integer", "norm_bounds", "real"]
+__all__ = ["MAX_SIZE", "as_tuple", "choice", "describe", "flag", "integer", "norm_bounds", "real"]
+
+#: The largest size, stride or dilation :func:`as_tuple` accepts by default: products of two
+#: such numbers and a tap index still fit the int64 arithmetic of NumPy (larger ones overflow).
+MAX_SIZE = 2**62
 
 
 def describe(obj: Any) -> str:
     """The qualified type name of ``obj`` (``'numpy.ndarray'``, ``'str'``), for messages."""
     cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}" if cls.__module__ != "builtins" else cls.__qualname__
+
+
+def _show(number: int) -> str:
+    """``number`` for a message: ``2**62`` and ``2**31 - 1`` rather than their 19 and 10 digits."""
+    for offset, suffix in ((0, ""), (1, " - 1")):
+        power = (number + offset).bit_length() - 1
+        if power >= 20 and number + offset == 2**power:
+            return f"2**{power}{suffix}"
+    return str(number)
+
+
+def _received(value: Any) -> str:
+    """``repr(value)`` for a message, with integers of more than 30 digits shortened (``10**400``: 401 digits)."""
+    if _is_int(value) and abs(int(value)) >= 10**30:
+        digits = len(str(abs(int(value))))
+        return f"{'-' if value < 0 else ''}{str(abs(int(value)))[:6]}... (an integer of {digits} digits)"
+    if isinstance(value, (tuple, list)) and any(_is_int(item) and abs(int(item)) >= 10**30 for item in value):
+        inner = ", ".join(_received(item) for item in value)
+        return f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+    return repr(value)
 
 
 def _is_int(value: Any) -> bool:
@@ -50,7 +74,7 @@ def integer(name: str, value: Any, *, minimum: int = 1, maximum: int | None = No
     if not _is_int(value):
         raise ParameterTypeError(f"{name}: expected {what}, got {value!r} ({describe(value)})")
     if value < minimum or (maximum is not None and value > maximum):
-        raise ParameterError(f"{name}: expected {what}, got {value!r}")
+        raise ParameterError(f"{name}: expected {what}, got {_received(value)}")
     return int(value)
 
 
@@ -78,7 +102,10 @@ def real(
         value = value.item()
     if isinstance(value, (bool, np.bool_, str, bytes, complex)) or not isinstance(value, numbers.Real):
         raise ParameterTypeError(f"{name}: expected {what}, got {value!r} ({describe(value)})")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range, e.g. 10**400
+        raise ParameterError(f"{name}: expected {what}, got {_received(value)}") from None
     below = minimum is not None and (number < minimum or (open_below and number == minimum))
     above = maximum is not None and (number > maximum or (open_above and number == maximum))
     if not math.isfinite(number) or below or above:
@@ -100,10 +127,17 @@ def choice(name: str, value: Any, options: Sequence[str]) -> str:
     return value
 
 
-def as_tuple(name: str, value: Any, ndim: int, *, minimum: int = 1) -> tuple[int, ...]:
-    """An int (the same on every axis) or a sequence of ``ndim`` ints, each ``>= minimum``.
+def as_tuple(name: str, value: Any, ndim: int, *, minimum: int = 1, maximum: int = MAX_SIZE) -> tuple[int, ...]:
+    """An int (the same on every axis) or a sequence of ``ndim`` ints, each in ``[minimum, maximum]``.
 
     A ``list`` and a ``tuple`` are the same here: both give one value per spatial axis.
+
+    Example:
+        >>> from convspectra._checks import as_tuple
+        >>> as_tuple("dilation", 2**70, 2)
+        Traceback (most recent call last):
+        ...
+        convspectra.errors.ParameterError: dilation: expected integers <= 2**62, got 1180591620717411303424
     """
     if isinstance(value, (bool, np.bool_)):
         raise ParameterTypeError(f"{name}: expected an int or a sequence of {ndim} ints, got {value!r}")
@@ -128,6 +162,8 @@ def as_tuple(name: str, value: Any, ndim: int, *, minimum: int = 1) -> tuple[int
             raise ParameterTypeError(f"{name}: expected integers, got {value!r}")
         if int(item) < minimum:
             raise ParameterError(f"{name}: expected integers >= {minimum}, got {value!r}")
+        if int(item) > maximum:
+            raise ParameterError(f"{name}: expected integers <= {_show(maximum)}, got {_received(value)}")
         out.append(int(item))
     return tuple(out)
 

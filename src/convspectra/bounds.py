@@ -44,13 +44,13 @@ import numpy as np
 
 from ._backend import is_tensor
 from .errors import ParameterError
-from .spec import parse_layer
+from .spec import parse_kernel
 
 __all__ = ["channel_l1_bound", "l1_bound", "nonnegative_norm", "reshaped_norm"]
 
 
-def _weight(kernel: Any, layout: str, groups: int | None, transposed: bool | None) -> Any:
-    _, weight = parse_layer(kernel, None, layout=layout, groups=groups, transposed=transposed)
+def _weight(kernel: Any, layout: str | None, groups: int | None, transposed: bool | None) -> Any:
+    _, weight = parse_kernel(kernel, layout=layout, groups=groups, transposed=transposed)
     return weight
 
 
@@ -62,7 +62,9 @@ def _group_sums(weight: Any, groups: int) -> Any:
     return sums.reshape(groups, out_channels // groups, in_per_group)
 
 
-def l1_bound(kernel: Any, *, layout: str = "OIHW", groups: int | None = None, transposed: bool | None = None) -> Any:
+def l1_bound(
+    kernel: Any, *, layout: str | None = None, groups: int | None = None, transposed: bool | None = None
+) -> Any:
     r"""Proposition 6 / 11 (right-hand side): :math:`\|A\|_2 \le \sum_{c,d,t} |K_{c,d,t}|`.
 
     The loosest of the bounds, and the paper's L1 regulariser (Section 4.2).
@@ -85,7 +87,7 @@ def l1_bound(kernel: Any, *, layout: str = "OIHW", groups: int | None = None, tr
 
 
 def channel_l1_bound(
-    kernel: Any, *, layout: str = "OIHW", groups: int | None = None, transposed: bool | None = None
+    kernel: Any, *, layout: str | None = None, groups: int | None = None, transposed: bool | None = None
 ) -> Any:
     r"""Proposition 11: :math:`\|A\|_2 \le \sqrt{\sum_c \max_d (\sum_t |K_{c,d,t}|)^2}`.
 
@@ -101,7 +103,7 @@ def channel_l1_bound(
         >>> float(channel_l1_bound(np.ones((2, 3, 1, 1))))  # sqrt(1 + 1): each row's largest |sum| is 1
         1.4142135623730951
     """
-    spec, weight = parse_layer(kernel, None, layout=layout, groups=groups, transposed=transposed)
+    spec, weight = parse_kernel(kernel, layout=layout, groups=groups, transposed=transposed)
     sums = _group_sums(weight, spec.groups)
     if is_tensor(sums):
         return (sums.amax(-1) ** 2).sum().sqrt()
@@ -111,7 +113,7 @@ def channel_l1_bound(
 def nonnegative_norm(
     kernel: Any,
     *,
-    layout: str = "OIHW",
+    layout: str | None = None,
     stride: int | Sequence[int] | None = None,
     groups: int | None = None,
     transposed: bool | None = None,
@@ -129,7 +131,7 @@ def nonnegative_norm(
         >>> float(nonnegative_norm(np.full((1, 1, 3, 3), 0.5)))
         4.5
     """
-    spec, weight = parse_layer(kernel, None, layout=layout, groups=groups, transposed=transposed, stride=stride)
+    spec, weight = parse_kernel(kernel, layout=layout, groups=groups, transposed=transposed, stride=stride)
     if any(s != 1 for s in spec.stride):
         raise ParameterError(
             f"stride: expected 1 (Proposition 7 is exact only without stride), got {spec.stride}; "
@@ -148,7 +150,7 @@ def nonnegative_norm(
 
 
 def reshaped_norm(
-    kernel: Any, *, layout: str = "OIHW", groups: int | None = None, transposed: bool | None = None
+    kernel: Any, *, layout: str | None = None, groups: int | None = None, transposed: bool | None = None
 ) -> Any:
     r"""Largest singular value of the kernel reshaped to ``out x (in/groups * k_1 ... k_d)``.
 

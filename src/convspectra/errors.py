@@ -16,7 +16,16 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["ConvSpectraError", "ConvergenceWarning", "MemoryBudgetError", "ParameterError", "ParameterTypeError"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointWarning",
+    "ConvSpectraError",
+    "ConvergenceWarning",
+    "LayoutWarning",
+    "MemoryBudgetError",
+    "ParameterError",
+    "ParameterTypeError",
+]
 
 
 class ConvSpectraError(Exception):
@@ -37,3 +46,22 @@ class MemoryBudgetError(ParameterError):
 
 class ConvergenceWarning(UserWarning):
     """An iterative solver stopped at its budget; the message gives the bracket it reached."""
+
+
+class LayoutWarning(UserWarning):
+    """A kernel read in the default layout (``"OIHW"``) has a shape that looks like the other one (``"HWIO"``).
+
+    Passing ``layout=`` explicitly (``"OIHW"`` to confirm, ``"HWIO"`` if it is channels-last) silences
+    it, as does ``warnings.filterwarnings("ignore", category=convspectra.LayoutWarning)``.
+    """
+
+
+class CheckpointError(ParameterError):
+    """A training checkpoint cannot be used: unreadable, not a checkpoint, corrupted, or of another run.
+
+    The message names the file and the problem.
+    """
+
+
+class CheckpointWarning(UserWarning):
+    """A training checkpoint has no checksum (an older version wrote it): it is resumed unverified."""

@@ -65,7 +65,7 @@ def dense_matrix(
     kernel: Any,
     input_shape: int | Sequence[int],
     *,
-    layout: str = "OIHW",
+    layout: str | None = None,
     stride: int | Sequence[int] | None = None,
     dilation: int | Sequence[int] | None = None,
     groups: int | None = None,

@@ -29,17 +29,18 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ._backend import conv_module_types, is_tensor, is_torch_module, module_geometry
-from ._checks import as_tuple, choice, describe, flag
-from .errors import ParameterError, ParameterTypeError
+from ._backend import conv_module_types, dense_tensor, is_tensor, is_torch_module, module_geometry
+from ._checks import MAX_SIZE, as_tuple, choice, describe, flag
+from .errors import LayoutWarning, ParameterError, ParameterTypeError
 
-__all__ = ["LAYOUTS", "ConvSpec", "parse_layer"]
+__all__ = ["LAYOUTS", "MAX_DILATION", "ConvSpec", "layout_warning", "parse_kernel", "parse_layer"]
 
 #: Accepted kernel layouts: name -> (where the channels are, number of spatial dims or None).
 #: "OIHW" and "HWIO" name a family and accept any number of spatial dimensions (1 to 3);
@@ -54,6 +55,13 @@ LAYOUTS: dict[str, tuple[str, int | None]] = {
 }
 
 _MAX_SPATIAL_DIMS = 3
+
+#: The largest dilation accepted: ``dilation * tap`` must stay within int64 for any kernel.
+MAX_DILATION = 2**31 - 1
+
+#: A default-layout kernel whose leading axes are all equal and at most this (a small square
+#: kernel read as channels) may be a channels-last kernel: see :func:`layout_warning`.
+_SMALL_KERNEL = 7
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,53 @@ def _work_dtype_torch(tensor: Any) -> Any:
     raise ParameterTypeError(f"kernel: expected a floating-point, complex or integer tensor, got dtype {dtype}")
 
 
+def layout_warning(shape: Sequence[int]) -> str | None:
+    """Why a kernel of this shape, read in the default layout ``"OIHW"``, looks channels-last; None if it does not.
+
+    The sign of a ``"HWIO"`` kernel read as ``"OIHW"``: its leading axes (the spatial kernel of
+    the HWIO reading) are equal and small (at most 7), and its last two axes (the channels of the
+    HWIO reading, the spatial kernel of the OIHW one) are both at least 8 and larger than those
+    and, for 2 spatial axes, differ (an OIHW kernel is nearly always square). Small tests' kernels,
+    such as ``(1, 1, 2, 3)`` or ``(3, 3, 3, 3)``, and kernels with one spatial axis never warn.
+
+    Example:
+        >>> from convspectra.spec import layout_warning
+        >>> layout_warning((3, 3, 16, 32)).split(";")[0]
+        "kernel: shape (3, 3, 16, 32) is read as 'OIHW' (3 out, 3 in channels, a 16x32 kernel) but looks like a \
+channels-last 'HWIO' kernel (a 3x3 kernel, 16 in, 32 out channels)"
+        >>> [layout_warning(shape) is None for shape in [(32, 16, 3, 3), (3, 3, 3, 3), (1, 1, 2, 3), (3, 3, 16, 16)]]
+        [True, True, True, True]
+    """
+    shape = tuple(int(size) for size in shape)
+    ndim = len(shape) - 2
+    if ndim < 2:
+        return None
+    leading, trailing = shape[:ndim], shape[ndim:]
+    side = leading[0]
+    if any(size != side for size in leading) or side > _SMALL_KERNEL or min(trailing) <= max(side, _SMALL_KERNEL):
+        return None
+    if ndim == 2 and trailing[0] == trailing[1]:
+        return None
+    taps = "x".join(map(str, shape[2:]))
+    hwio = "x".join(map(str, leading))
+    return (
+        f"kernel: shape {shape} is read as 'OIHW' ({shape[0]} out, {shape[1]} in channels, a {taps} kernel) but looks "
+        f"like a channels-last 'HWIO' kernel (a {hwio} kernel, {trailing[0]} in, {trailing[1]} out channels); "
+        "pass layout='HWIO' if it is one, or layout='OIHW' to confirm the reading (which silences this warning; "
+        "so does warnings.filterwarnings('ignore', category=convspectra.LayoutWarning))"
+    )
+
+
+def _stacklevel() -> int:
+    """The ``stacklevel`` of a warning that points at the first caller outside the convspectra package."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "convspectra":
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
 def _kernel_from_module(module: Any, layout: str, overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """Weight and hyper-parameters of a torch conv module; explicit arguments must agree."""
     torch = sys.modules["torch"]
@@ -171,9 +226,9 @@ def _kernel_from_module(module: Any, layout: str, overrides: dict[str, Any]) -> 
 
 def parse_layer(
     kernel: Any,
-    input_shape: int | Sequence[int] | None,
+    input_shape: int | Sequence[int],
     *,
-    layout: str = "OIHW",
+    layout: str | None = None,
     stride: int | Sequence[int] | None = None,
     dilation: int | Sequence[int] | None = None,
     groups: int | None = None,
@@ -185,13 +240,16 @@ def parse_layer(
         kernel: NumPy array (or anything ``np.asarray`` accepts, e.g. a JAX array), a
             ``torch.Tensor``, or a ``torch.nn.Conv1d/2d/3d`` / ``ConvTranspose1d/2d/3d`` module.
         input_shape: spatial size of the layer's input: an int (same on every axis) or one
-            int per spatial axis. For a transposed layer this is the transposed layer's input.
-            ``None`` (for functions that do not depend on it, such as the kernel-only bounds)
-            stands for the smallest grid the stride allows: ``input_shape = stride``.
+            int per spatial axis (each at most ``2**62``). For a transposed layer this is the
+            transposed layer's input. Required (``None`` is refused); functions that do not
+            depend on it, such as the kernel-only bounds, call :func:`parse_kernel`.
         layout: ``"OIHW"`` (channels first, PyTorch; also ``"OIW"``, ``"OIDHW"``) or ``"HWIO"``
             (channels last, TensorFlow/JAX; also ``"WIO"``, ``"DHWIO"``). ``"OIHW"`` and
-            ``"HWIO"`` accept any number of spatial dimensions; the others fix it.
-        stride, dilation: an int or one int per axis (default 1, or the module's).
+            ``"HWIO"`` accept any number of spatial dimensions; the others fix it. ``None``
+            (the default) reads the kernel as ``"OIHW"`` and warns (:class:`~convspectra.errors.LayoutWarning`)
+            when its shape looks channels-last (:func:`layout_warning`); an explicit layout never warns.
+        stride, dilation: an int or one int per axis (default 1, or the module's); a stride at
+            most ``2**62``, a dilation at most :data:`MAX_DILATION`.
         groups: channel groups (default 1, or the module's).
         transposed: the kernel is the weight of a transposed convolution (default False, or
             whether the module is a ``ConvTranspose``).
@@ -203,10 +261,57 @@ def parse_layer(
         to float32, integers to float64).
 
     Raises:
-        ParameterTypeError: an unsupported kernel type or dtype, or non-integer sizes.
+        ParameterTypeError: an unsupported kernel type, tensor kind (sparse, quantized, nested,
+            meta) or dtype, non-integer sizes, or no ``input_shape``.
         ParameterError: bad layout, dimensions, groups, stride, sizes, or a NaN/Inf kernel.
+
+    Warns:
+        LayoutWarning: ``layout`` was not given and the shape looks channels-last.
     """
-    choice("layout", layout, sorted(LAYOUTS))
+    if input_shape is None:
+        raise ParameterTypeError(
+            "input_shape: expected the spatial size of the layer's input, an int or one int per spatial axis "
+            "(e.g. 32 or (32, 32)), got None"
+        )
+    return _parse(kernel, input_shape, layout, stride, dilation, groups, transposed)
+
+
+def parse_kernel(
+    kernel: Any,
+    *,
+    layout: str | None = None,
+    stride: int | Sequence[int] | None = None,
+    dilation: int | Sequence[int] | None = None,
+    groups: int | None = None,
+    transposed: bool | None = None,
+) -> tuple[ConvSpec, Any]:
+    """:func:`parse_layer` for what does not depend on the input size (kernel-only bounds, padded layers).
+
+    The spec's grid is the smallest the stride allows (``input_shape = stride``); callers that
+    need a size check theirs themselves.
+
+    Example:
+        >>> import numpy as np
+        >>> from convspectra.spec import parse_kernel
+        >>> spec, weight = parse_kernel(np.zeros((4, 2, 3, 3)), stride=2)
+        >>> spec.input_shape, spec.kernel_size
+        ((2, 2), (3, 3))
+    """
+    return _parse(kernel, None, layout, stride, dilation, groups, transposed)
+
+
+def _parse(
+    kernel: Any,
+    input_shape: int | Sequence[int] | None,
+    layout: str | None,
+    stride: int | Sequence[int] | None,
+    dilation: int | Sequence[int] | None,
+    groups: int | None,
+    transposed: bool | None,
+) -> tuple[ConvSpec, Any]:
+    """The work of :func:`parse_layer` (``input_shape=None``: the grid ``stride``, for :func:`parse_kernel`)."""
+    explicit = layout is not None
+    layout = choice("layout", "OIHW" if layout is None else layout, sorted(LAYOUTS))
     forward_classes, transposed_classes = conv_module_types()
     if forward_classes and isinstance(kernel, forward_classes + transposed_classes):
         weight, from_module = _kernel_from_module(
@@ -214,9 +319,10 @@ def parse_layer(
         )
         stride, dilation = from_module["stride"], from_module["dilation"]
         groups, transposed = from_module["groups"], from_module["transposed"]
-        layout = "OIHW"
+        layout, explicit = "OIHW", True
+        weight = dense_tensor("kernel", weight)
     elif is_tensor(kernel):
-        weight = kernel
+        weight = dense_tensor("kernel", kernel)
     else:
         if is_torch_module(kernel):
             raise ParameterTypeError(
@@ -243,6 +349,10 @@ def parse_layer(
         )
     if any(size == 0 for size in shape):
         raise ParameterError(f"kernel: expected no empty axis, got shape {shape}")
+    if not explicit:
+        message = layout_warning(shape)
+        if message is not None:
+            warnings.warn(message, LayoutWarning, stacklevel=_stacklevel())
 
     if family == "last":  # (k..., I/G, O) -> (O, I/G, k...)
         order = (ndim + 1, ndim, *range(ndim))
@@ -250,7 +360,7 @@ def parse_layer(
 
     stride_t = as_tuple("stride", 1 if stride is None else stride, ndim)
     input_shape_t = as_tuple("input_shape", input_shape, ndim) if input_shape is not None else stride_t
-    dilation_t = as_tuple("dilation", 1 if dilation is None else dilation, ndim)
+    dilation_t = as_tuple("dilation", 1 if dilation is None else dilation, ndim, maximum=MAX_DILATION)
     groups_i = 1 if groups is None else groups
     if isinstance(groups_i, (bool, np.bool_)) or not isinstance(groups_i, numbers.Integral):
         raise ParameterTypeError(f"groups: expected a positive int, got {groups!r}")
@@ -268,6 +378,11 @@ def parse_layer(
     if transposed_b:
         output_shape = input_shape_t
         forward_input = tuple(m * s for m, s in zip(input_shape_t, stride_t, strict=True))
+        if max(forward_input) > MAX_SIZE:
+            raise ParameterError(
+                f"input_shape: expected a transposed layer's output (input_shape x stride) of at most 2**62 per "
+                f"axis, got {forward_input} for input_shape {input_shape_t} and stride {stride_t}"
+            )
     else:
         bad = [(n, s) for n, s in zip(input_shape_t, stride_t, strict=True) if n % s]
         if bad:

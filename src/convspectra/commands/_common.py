@@ -8,6 +8,9 @@
   more than one output on stdout (``-``). So a bad output path fails in milliseconds, not after
   the work. :func:`write_text` writes to a file or, for ``-``, to stdout; :func:`writes_to_stdout`
   says whether any output goes there (the table is then not printed).
+- Steps: ``with step("reading the kernel 'k.npy'"):`` names what a command is doing, so that an
+  unexpected error is reported in one line as "error while reading the kernel 'k.npy': ..."
+  (:func:`failed_step` reads it back from the exception).
 
 Example:
     >>> import argparse
@@ -27,11 +30,12 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from ..errors import ParameterError
 
@@ -39,10 +43,12 @@ __all__ = [
     "PLOT_SUFFIXES",
     "add_output",
     "check_outputs",
+    "failed_step",
     "non_negative_float",
     "output_file",
     "positive_float",
     "positive_int",
+    "step",
     "threshold",
     "write_text",
     "writes_to_stdout",
@@ -53,6 +59,36 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 #: The parser default that lists a command's output options as ``(dest, flag)`` pairs.
 _OUTPUTS = "output_options"
+
+#: The attribute :func:`step` sets on an exception that escapes it: the innermost step's name.
+_STEP = "convspectra_step"
+
+
+@contextlib.contextmanager
+def step(what: str) -> Iterator[None]:
+    """Name what the command does in this block; an exception escaping it carries the name (innermost wins).
+
+    Example:
+        >>> from convspectra.commands._common import failed_step, step
+        >>> try:
+        ...     with step("building the model"), step("importing 'pkg'"):
+        ...         raise RuntimeError("boom")
+        ... except RuntimeError as err:
+        ...     print(failed_step(err, "running report"))
+        importing 'pkg'
+    """
+    try:
+        yield
+    except BaseException as err:
+        if not hasattr(err, _STEP):
+            with contextlib.suppress(AttributeError, TypeError):  # a few built-in exceptions take no attributes
+                setattr(err, _STEP, what)
+        raise
+
+
+def failed_step(err: BaseException, default: str) -> str:
+    """The step (see :func:`step`) during which ``err`` was raised, or ``default``."""
+    return str(getattr(err, _STEP, default))
 
 
 def positive_int(text: str) -> int:

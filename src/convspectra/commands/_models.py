@@ -15,32 +15,59 @@ from typing import Any
 
 from .._backend import is_torch_module
 from ..errors import ParameterError
+from ._common import step
 
 __all__ = ["resolve_model"]
 
 _FILE_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript", ".zip")
 
 
-def _installed(name: str) -> Any:
+def _installed(name: str) -> tuple[Any, str]:
+    """``(module, status)``: the optional package ``name`` (None when absent or broken) and a phrase saying which.
+
+    Any exception on import counts as broken, not only ``ImportError``: a torchvision whose compiled
+    operators do not match the installed torch raises ``RuntimeError`` while being imported.
+    """
     try:
-        return importlib.import_module(name)
+        return importlib.import_module(name), "installed"
     except ImportError:
-        return None
+        return None, f"{name} not installed"
+    except Exception as err:  # a broken install may raise anything while importing
+        first = " ".join(str(err).split())[:160]
+        return None, f"{name} is installed but failed to import ({type(err).__name__}: {first})"
+
+
+def _problem(err: BaseException) -> str:
+    """``"Type: message"`` of an exception on one line, cut to a reasonable length."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:240]}" if text else type(err).__name__
 
 
 def _from_import_path(spec: str) -> Any:
     module_name, _, attribute = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ParameterError(f"model: could not import {module_name!r} from {spec!r}: {err}") from None
+    if not module_name or not attribute or any(not part.isidentifier() for part in attribute.split(".")):
+        raise ParameterError(
+            f"model: expected 'package.module:callable' (a module to import, then after ':' the name of a callable "
+            f"or a module instance in it), got {spec!r}"
+        )
+    with step(f"importing {module_name!r}"):
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as err:  # ImportError, SyntaxError, or whatever the module raises when it runs
+            raise ParameterError(f"model: could not import {module_name!r} (from {spec!r}): {_problem(err)}") from err
     try:
         target = module
         for part in attribute.split("."):
             target = getattr(target, part)
     except AttributeError:
         raise ParameterError(f"model: {module_name!r} has no attribute {attribute!r} (from {spec!r})") from None
-    return target() if callable(target) and not is_torch_module(target) else target
+    if not callable(target) or is_torch_module(target):
+        return target
+    with step(f"calling {spec!r}"):
+        try:
+            return target()
+        except Exception as err:
+            raise ParameterError(f"model: calling {spec!r} (without arguments) raised {_problem(err)}") from err
 
 
 def _torchscript(path: str) -> Any:
@@ -80,18 +107,17 @@ def resolve_model(spec: str) -> tuple[Any, tuple[int, ...] | None]:
         if not is_torch_module(model):
             raise ParameterError(f"model: expected {spec!r} to give a torch.nn.Module, got {type(model).__name__}")
         return model, None
-    torchvision = _installed("torchvision")
+    torchvision, torchvision_status = _installed("torchvision")
     if torchvision is not None and spec in set(torchvision.models.list_models()):
-        return torchvision.models.get_model(spec, weights=None), (3, 224, 224)
-    timm = _installed("timm")
+        with step(f"building the torchvision model {spec!r}"):
+            return torchvision.models.get_model(spec, weights=None), (3, 224, 224)
+    timm, timm_status = _installed("timm")
     if timm is not None and timm.is_model(spec):
-        model = timm.create_model(spec, pretrained=False)
+        with step(f"building the timm model {spec!r}"):
+            model = timm.create_model(spec, pretrained=False)
         shape = tuple(model.default_cfg.get("input_size", (3, 224, 224)))
         return model, shape
-    zoo = [
-        f"a torchvision model ({'installed' if torchvision is not None else 'torchvision not installed'})",
-        f"a timm model ({'installed' if timm is not None else 'timm not installed'})",
-    ]
+    zoo = [f"a torchvision model ({torchvision_status})", f"a timm model ({timm_status})"]
     raise ParameterError(
         f"model: expected a built-in model ({', '.join(sorted(MODELS))}), a TorchScript file, "
         f"'package.module:callable', {' or '.join(zoo)}; got {spec!r}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import PLOT_SUFFIXES, add_output, positive_int, threshold, write_text, writes_to_stdout
+from ._common import PLOT_SUFFIXES, add_output, positive_int, step, threshold, write_text, writes_to_stdout
 
 __all__ = ["add_report_options", "build_model", "register", "run", "write_outputs"]
 
@@ -80,9 +80,11 @@ def build_model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
     from ..models import load_weights
     from ._models import resolve_model
 
-    model, default_shape = resolve_model(args.model)
+    with step(f"building the model {args.model!r}"):
+        model, default_shape = resolve_model(args.model)
     if args.weights is not None:
-        load_weights(model, args.weights)
+        with step(f"loading the weights {args.weights!r}"):
+            load_weights(model, args.weights)
     shape = tuple(args.input_shape) if args.input_shape else default_shape
     if shape is None:
         raise ParameterError(
@@ -95,13 +97,17 @@ def build_model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
 def write_outputs(report: Any, args: argparse.Namespace, *, include_spectra: bool) -> None:
     """Write the files asked for by --json/--csv/--plot/--plot-norms (``-``: stdout)."""
     if args.json:
-        write_text(args.json, report.to_json(include_spectra=include_spectra) + "\n")
+        with step(f"writing {args.json!r}"):
+            write_text(args.json, report.to_json(include_spectra=include_spectra) + "\n")
     if args.csv:
-        write_text(args.csv, report.to_csv())
+        with step(f"writing {args.csv!r}"):
+            write_text(args.csv, report.to_csv())
     if args.plot:
-        report.plot_spectra(args.plot, log=args.log)
+        with step(f"plotting {args.plot!r}"):
+            report.plot_spectra(args.plot, log=args.log)
     if args.plot_norms:
-        report.plot_sigma_max(args.plot_norms)  # bars on a log axis mislead: always linear
+        with step(f"plotting {args.plot_norms!r}"):
+            report.plot_sigma_max(args.plot_norms)  # bars on a log axis mislead: always linear
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from ._progress import progress_bar
 
     model, shape = build_model(args)
-    with progress_bar("layers") as progress:
+    with progress_bar("layers") as progress, step(f"computing the report of {args.model!r}"):
         report = spectral_report(
             model,
             shape,

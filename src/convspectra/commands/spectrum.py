@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from typing import Any
 
-from ._common import add_output, positive_int, threshold, write_text
+from ..errors import LayoutWarning
+from ._common import add_output, positive_int, step, threshold, write_text
 
 __all__ = ["CHECKPOINT_SUFFIXES", "load_kernel", "register", "run"]
 
@@ -48,7 +50,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--input-shape", metavar="N", type=positive_int, nargs="+", required=True, help="spatial input size, e.g. 32 32"
     )
     spectrum.add_argument("--key", help="name of the tensor when the file holds a state dict, e.g. conv1.weight")
-    spectrum.add_argument("--layout", choices=sorted(LAYOUTS), default="OIHW", help="kernel layout (default OIHW)")
+    spectrum.add_argument(
+        "--layout",
+        choices=sorted(LAYOUTS),
+        default=None,
+        help="kernel layout (default OIHW, with a warning when the shape looks channels-last: pass it to confirm)",
+    )
     spectrum.add_argument("--stride", metavar="S", type=positive_int, nargs="+", help="stride (one or per axis)")
     spectrum.add_argument("--dilation", metavar="D", type=positive_int, nargs="+", help="dilation")
     spectrum.add_argument("--groups", type=positive_int, default=None, help="channel groups")
@@ -85,10 +92,15 @@ def load_kernel(path: str, key: str | None = None) -> Any:
     if path.endswith(".npy"):
         if key is not None:
             raise ParameterError(f"--key: expected none for a .npy file (it holds one array), got {key!r}")
+        if os.path.getsize(path) == 0:
+            raise ParameterError(f"kernel: expected a .npy array in {path!r}, got an empty file (0 bytes)")
         try:
             kernel = np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise ParameterError(f"kernel: could not read {path!r} as a .npy array: {err}") from None
+        except (ValueError, EOFError, OSError) as err:  # a truncated or foreign file, an object array
+            problem = f"{type(err).__name__}: {err}" if isinstance(err, EOFError) else str(err)
+            raise ParameterError(f"kernel: could not read {path!r} as a .npy array: {problem}") from err
+        if not isinstance(kernel, np.ndarray):
+            raise ParameterError(f"kernel: expected one array in {path!r}, got {type(kernel).__name__}")
     elif path.endswith(CHECKPOINT_SUFFIXES):
         import torch
 
@@ -113,7 +125,8 @@ def _per_axis(values: list[int] | None) -> int | tuple[int, ...] | None:
 
 
 def _print(result: dict[str, Any], values: Any, args: argparse.Namespace) -> None:
-    print(f"kernel {args.kernel}: shape {tuple(result['kernel_shape'])} ({args.layout}), input {result['input_shape']}")
+    shape, layout = tuple(result["kernel_shape"]), result["layout"]
+    print(f"kernel {args.kernel}: shape {shape} ({layout}), input {result['input_shape']}")
     print(f"{result['num_singular_values']} singular values (circular padding)")
     print(f"sigma_max        {result['sigma_max']:.10g}")
     print(f"sigma_min        {result['sigma_min']:.10g}")
@@ -134,21 +147,24 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis import spectrum_summary  # torch-free, like the rest of this path for a .npy kernel
     from ..spectrum import singular_values
 
-    kernel = load_kernel(args.kernel, args.key)
+    with step(f"reading the kernel {args.kernel!r}"):
+        kernel = load_kernel(args.kernel, args.key)
     options = {
-        "layout": args.layout,
+        "layout": args.layout,  # None: OIHW, with a warning if the shape looks channels-last
         "stride": _per_axis(args.stride),
         "dilation": _per_axis(args.dilation),
         "groups": args.groups,
         "transposed": args.transposed or None,
     }
     shape: Any = _per_axis(args.input_shape)
-    values = singular_values(kernel, shape, **options)
+    with step("computing the singular values"):
+        values = singular_values(kernel, shape, **options)
     result: dict[str, Any] = {
         "kernel": args.kernel,
         "kernel_shape": list(kernel.shape),
         "input_shape": list(shape) if isinstance(shape, tuple) else [shape],
         **{k: v for k, v in options.items() if k != "transposed"},
+        "layout": args.layout or "OIHW",
         "transposed": bool(args.transposed),
         "relative_threshold": args.threshold,
         **spectrum_summary(values, args.threshold),
@@ -156,7 +172,9 @@ def run(args: argparse.Namespace) -> int:
     if args.padding != "circular":
         from .. import operator_norm_bounds
 
-        bounds = operator_norm_bounds(kernel, shape, padding=args.padding, **options)  # carries the exact value
+        with step(f"computing the norm with padding {args.padding!r}"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", LayoutWarning)  # said once already, by singular_values
+            bounds = operator_norm_bounds(kernel, shape, padding=args.padding, **options)  # carries the exact value
         result["padding"] = args.padding
         result["sigma_max_padded"] = float(bounds.value)
         result["sigma_max_padded_lower"] = float(bounds.lower)
@@ -167,5 +185,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print(result, values, args)
     if args.json:
-        write_text(args.json, document)
+        with step(f"writing {args.json!r}"):
+            write_text(args.json, document)
     return 0

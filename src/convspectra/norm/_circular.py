@@ -78,7 +78,9 @@ def circular_plan(
 ) -> tuple[FrequencyPlan, np.ndarray]:
     """The wrap-around layer of the forward ``weight`` on the input grid ``grid``: its frequency plan and
     flat complex weight, the arguments of :func:`circular_maximum` and :func:`top_singular_vector`."""
-    spec, forward = parse_layer(weight, tuple(grid), stride=tuple(stride), dilation=tuple(dilation), groups=groups)
+    spec, forward = parse_layer(
+        weight, tuple(grid), layout="OIHW", stride=tuple(stride), dilation=tuple(dilation), groups=groups
+    )
     plan = FrequencyPlan.create(spec, real=not np.iscomplexobj(forward))
     return plan, flat_weight(forward)
 

@@ -38,7 +38,7 @@ import numpy as np
 from .._backend import to_numpy
 from .._checks import as_tuple, choice, integer
 from ..errors import ParameterError
-from ..spec import parse_layer
+from ..spec import parse_kernel
 
 __all__ = ["ConvOperator", "good_fft_size"]
 
@@ -162,7 +162,7 @@ class ConvOperator:
         """
         mode = choice("mode", mode, MODES)
         groups = integer("groups", groups)
-        spec, parsed = parse_layer(weight, None, stride=stride, dilation=dilation, groups=groups)
+        spec, parsed = parse_kernel(weight, layout="OIHW", stride=stride, dilation=dilation, groups=groups)
         d = spec.ndim
         n = as_tuple("input_shape", input_shape, d)
         s, dl, k = spec.stride, spec.dilation, spec.kernel_size

@@ -89,7 +89,7 @@ def _certificate(request: NormRequest, weight: np.ndarray) -> tuple[float, str, 
         )
         upper, where = found.value * math.sqrt(repeats), "stride-1 circular norm x sqrt(row repetitions)"
         start = top_singular_vector(plan, flat, found.frequency)
-    prop11 = float(channel_l1_bound(weight, groups=spec.groups))
+    prop11 = float(channel_l1_bound(weight, layout="OIHW", groups=spec.groups))
     if prop11 < upper:
         upper, where = prop11, "Proposition 11"
     return upper, where, start

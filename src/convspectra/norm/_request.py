@@ -33,7 +33,7 @@ from .._checks import as_tuple, choice, integer, real
 from .._memory import resolve_budget
 from .._threads import resolve_workers
 from ..errors import ParameterError
-from ..spec import ConvSpec, parse_layer
+from ..spec import ConvSpec, parse_kernel, parse_layer
 from ._operator import padded_output_shape
 
 __all__ = ["DEFAULT_MAX_ITER", "DEFAULT_RTOL", "PADDINGS", "NormRequest", "resolve_request"]
@@ -141,7 +141,7 @@ def _layer(
     if isinstance(padding, str) and padding == "circular":
         spec, weight = parse_layer(kernel, input_shape, **geometry)
         return spec, weight, "wrap", spec.input_shape, ((0, 0),) * spec.ndim
-    spec0, weight = parse_layer(kernel, None, **geometry)
+    spec0, weight = parse_kernel(kernel, **geometry)
     d = spec0.ndim
     n_user = as_tuple("input_shape", input_shape, d)
     mode, output_padding = "zeros", (0,) * d
@@ -161,7 +161,7 @@ def _layer(
         if any(max(pair) > ni for pair, ni in zip(pairs, n, strict=True)):
             raise ParameterError(f"padding: circular padding {pairs} larger than the input {n} (PyTorch refuses it)")
         if all(mi * si == ni for mi, si, ni in zip(m, s, n, strict=True)):  # a shifted wrap-around layer
-            spec, weight = parse_layer(weight, n, stride=s, dilation=dl, groups=spec0.groups)
+            spec, weight = parse_layer(weight, n, layout="OIHW", stride=s, dilation=dl, groups=spec0.groups)
             return spec, weight, "wrap", n, pairs
     spec = ConvSpec(
         ndim=d,
@@ -183,7 +183,7 @@ def resolve_request(
     input_shape: int | Sequence[int],
     *,
     padding: Any = "circular",
-    layout: str = "OIHW",
+    layout: str | None = None,
     stride: Any = None,
     dilation: Any = None,
     groups: Any = None,

@@ -80,7 +80,7 @@ def prepare(kernel: Any, input_shape: Any, high: float, low: float | None, layer
     """
     layout = "OIHW" if layer.get("layout") is None else layer["layout"]
     geometry = {key: layer.get(key) for key in ("stride", "dilation", "groups", "transposed")}
-    spec, weight = parse_layer(kernel, input_shape, layout=layout, **geometry)
+    spec, weight = parse_layer(kernel, input_shape, layout=layer.get("layout"), **geometry)
     spec = dataclasses.replace(spec, transposed=False)  # the adjoint's projection is the adjoint of the projection
     is_module = is_torch_module(kernel)
     source = kernel.weight if is_module else kernel

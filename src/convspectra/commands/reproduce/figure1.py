@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .._common import add_output, positive_float, positive_int, write_text, writes_to_stdout
 
-__all__ = ["DESCRIPTION", "HELP", "add_options", "run"]
+__all__ = ["DESCRIPTION", "HELP", "add_options", "channel_count", "run"]
 
 HELP = "Figure 1: seconds to compute all singular values, by method and channel count"
 DESCRIPTION = (
@@ -21,6 +22,40 @@ DESCRIPTION = (
     "whose estimated time exceeds --budget are skipped and reported as such. Each point is printed as it is "
     "measured."
 )
+
+
+def channel_count(kernel_size: int, input_size: int) -> Callable[[str], int]:
+    """``argparse`` type for a channel count of the ``kernel_size``x``kernel_size``@``input_size`` panel.
+
+    Refused at once, before any work, when one point would need more memory than the library's
+    default budget: the ``c x c x k x k`` kernel and the ``input_size**2`` complex ``c x c``
+    transfer matrices the paper's method builds (with its float64 singular values).
+
+    Example:
+        >>> from convspectra.commands.reproduce.figure1 import channel_count
+        >>> channel_count(3, 16)("64")
+        64
+        >>> channel_count(3, 16)("100000")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected a channel count whose 3x3@16x16 point fits in 4.0 GiB, got 100000 (...)
+    """
+
+    def parse(text: str) -> int:
+        from ..._memory import DEFAULT_MEMORY_BUDGET, format_bytes
+
+        channels = positive_int(text)
+        points = input_size * input_size
+        need = 8 * channels * channels * kernel_size**2 + 16 * points * channels * channels + 8 * points * channels
+        if need > DEFAULT_MEMORY_BUDGET:
+            raise argparse.ArgumentTypeError(
+                f"expected a channel count whose {kernel_size}x{kernel_size}@{input_size}x{input_size} point fits in "
+                f"{format_bytes(DEFAULT_MEMORY_BUDGET)}, got {channels} (its kernel and {points} transfer matrices "
+                f"of {channels} x {channels} need about {format_bytes(need)})"
+            )
+        return channels
+
+    return parse
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
@@ -44,10 +79,18 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--repeats", type=positive_int, default=None, help="timed calls per point (default 5)")
     parser.add_argument(
-        "--channels-3x3", type=positive_int, nargs="+", metavar="C", help="channel counts of the 3x3@16x16 panel"
+        "--channels-3x3",
+        type=channel_count(3, 16),
+        nargs="+",
+        metavar="C",
+        help="channel counts of the 3x3@16x16 panel",
     )
     parser.add_argument(
-        "--channels-11x11", type=positive_int, nargs="+", metavar="C", help="channel counts of the 11x11@64x64 panel"
+        "--channels-11x11",
+        type=channel_count(11, 64),
+        nargs="+",
+        metavar="C",
+        help="channel counts of the 11x11@64x64 panel",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: CUDA if present")
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .._common import add_output, write_text, writes_to_stdout
+from .._common import add_output, step, write_text, writes_to_stdout
 from ..report import add_report_options, build_model, write_outputs
 
 __all__ = ["DESCRIPTION", "HELP", "add_options", "run"]
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if args.weights is None:
         args.weights = _default_weights(args.model)
     model, shape = build_model(args)
-    with progress_bar("layers") as progress:
+    with progress_bar("layers") as progress, step(f"computing the report of {args.model!r}"):
         report = spectral_report(
             model,
             shape,
