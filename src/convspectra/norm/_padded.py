@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from .._memory import check_budget
+from .._rescale import scale_up
 from ..bounds import channel_l1_bound
 from ..spec import ConvSpec
 from ._circular import circular_maximum, circular_plan, larger_part, top_singular_vector
@@ -110,7 +111,7 @@ def solve_padded(request: NormRequest) -> Solution:
         MemoryBudgetError: the solver's estimate exceeds ``request.max_memory``.
     """
     spec = request.spec
-    weight = request.numpy_weight()
+    weight = request.working_weight()  # divided by 2**exponent: scaled back below
     allowance = rounding_allowance(spec)
     op = ConvOperator.create(
         weight,
@@ -138,8 +139,11 @@ def solve_padded(request: NormRequest) -> Solution:
         max_iter=request.max_iter,
         basis=basis,
     )
-    upper = max(upper * (1 + allowance), result.value * (1 + allowance))
-    lower = max(0.0, result.value - allowance * upper)
+    e = request.exponent
+    upper_scaled = max(upper * (1 + allowance), result.value * (1 + allowance))
+    upper = float(scale_up(upper_scaled, e))
+    lower = float(scale_up(max(0.0, result.value - allowance * upper_scaled), e))
+    value = float(scale_up(result.value, e))
     method = f"Lanczos ({result.iterations} products with A^H A) between the Rayleigh quotient and the {where}"
     warning = None
     if not result.converged:
@@ -148,4 +152,4 @@ def solve_padded(request: NormRequest) -> Solution:
             f"max_iter={request.max_iter} (relative residual {result.residual:.2e}); the norm lies in "
             f"[{lower:.10g}, {upper:.10g}] and the lower end is returned. Raise max_iter or rtol."
         )
-    return Solution(result.value, lower, upper, result.converged, method, warning, vector=result.vector, operator=op)
+    return Solution(value, lower, upper, result.converged, method, warning, vector=result.vector, operator=op)

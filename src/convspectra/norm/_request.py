@@ -31,6 +31,7 @@ import numpy as np
 from .._backend import is_torch_module, to_numpy
 from .._checks import as_tuple, choice, integer, real
 from .._memory import resolve_budget
+from .._rescale import exponent_of, scale_down
 from .._threads import resolve_workers
 from ..errors import ParameterError
 from ..spec import ConvSpec, parse_layer
@@ -60,6 +61,8 @@ class NormRequest:
         rtol, max_iter: the iterative solver's residual target and product budget.
         workers: threads for the per-frequency decompositions.
         max_memory: the byte budget.
+        exponent: the solvers work on the weight divided by ``2**exponent`` (its largest
+            ``|entry|`` then in ``[0.5, 1)``, see :mod:`convspectra._rescale`) and scale back.
     """
 
     spec: ConvSpec
@@ -71,11 +74,16 @@ class NormRequest:
     max_iter: int
     workers: int
     max_memory: int
+    exponent: int = 0
 
     def numpy_weight(self) -> np.ndarray:
         """The forward weight as NumPy float64 (complex128 for a complex kernel)."""
         array = to_numpy(self.weight)
         return array.astype(np.complex128 if np.iscomplexobj(array) else np.float64, copy=False)
+
+    def working_weight(self) -> np.ndarray:
+        """:meth:`numpy_weight` divided by ``2**exponent`` (exactly): what the solvers work on."""
+        return np.asarray(scale_down(self.numpy_weight(), self.exponent))
 
 
 def _pairs(padding: Any, spec: ConvSpec, name: str) -> tuple[tuple[int, int], ...]:
@@ -213,4 +221,6 @@ def resolve_request(
     geometry = {"layout": layout, "stride": stride, "dilation": dilation, "groups": groups, "transposed": transposed}
     spec, weight, mode, n, pairs = _layer(kernel, input_shape, padding, geometry)
     budget = resolve_budget(max_memory)
-    return NormRequest(spec, weight, mode, n, pairs, rtol_f, max_iter_i, resolve_workers(workers), budget)
+    return NormRequest(
+        spec, weight, mode, n, pairs, rtol_f, max_iter_i, resolve_workers(workers), budget, exponent_of(weight)
+    )
