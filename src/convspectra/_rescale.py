@@ -16,7 +16,7 @@ Example:
     >>> e = exponent_of(kernel)
     >>> unit = scale_down(kernel, e)
     >>> e, bool(0.5 <= np.abs(unit).max() < 1), bool((scale_up(unit, e) == kernel).all())
-    (-995, True, True)
+    (-994, True, True)
 """
 
 from __future__ import annotations
