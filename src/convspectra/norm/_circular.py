@@ -192,7 +192,10 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
         radius = np.maximum(centre - lo, hi - 1 - centre)
         evaluated += len(centre)
         splittable = np.prod(hi - lo, axis=1) > 1
-        if radius.max() > _LOCAL_RADIUS:  # large boxes: the first-order bound first, cheaply
+        if rounds == 0 or radius.max() > _LOCAL_RADIUS:
+            # large boxes, or the first round: the first-order bound first, cheaply (one value per
+            # centre; the second-order data cost several times more), which also tells a flat
+            # spectrum, where nothing will prune, before spending anything on it
             values = sigma_max_at(plan, flat, centre, workers)
             consider(centre, values)
             keep = (values + lipschitz(radius) > best) & splittable
