@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -31,19 +32,25 @@ __all__ = ["exponent_of", "scale_down", "scale_up"]
 
 
 def exponent_of(array: Any) -> int:
-    """The ``e`` with ``max|entry| / 2**e`` in ``[0.5, 1)``; 0 for an empty or all-zero (or non-finite) array.
+    """The ``e`` with ``max|component| / 2**e`` in ``[0.5, 1)``; 0 for an empty or all-zero (or non-finite) array.
 
     ``array`` is a NumPy array (or anything ``np.asarray`` takes) or a torch tensor (any device).
+    The peak is taken over the real and imaginary components by reductions (no copy of the
+    array); a complex entry then has modulus below ``sqrt(2)`` at the working scale.
     """
     if is_tensor(array):
         if array.numel() == 0:
             return 0
-        peak = float(array.detach().abs().max().item())
+        values = array.detach()
+        if values.is_complex():
+            values = sys.modules["torch"].view_as_real(values)
+        peak = max(float(values.max().item()), -float(values.min().item()))
     else:
         values = np.asarray(array)
         if values.size == 0:
             return 0
-        peak = float(np.max(np.abs(values)))
+        parts = (values.real, values.imag) if np.iscomplexobj(values) else (values,)
+        peak = max(max(float(part.max()), -float(part.min())) for part in parts)
     if peak == 0.0 or not np.isfinite(peak):
         return 0
     return int(np.frexp(peak)[1])

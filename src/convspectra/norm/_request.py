@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +62,8 @@ class NormRequest:
         rtol, max_iter: the iterative solver's residual target and product budget.
         workers: threads for the per-frequency decompositions.
         max_memory: the byte budget.
-        exponent: the solvers work on the weight divided by ``2**exponent`` (its largest
-            ``|entry|`` then in ``[0.5, 1)``, see :mod:`convspectra._rescale`) and scale back.
+        exponent: the solvers work on the weight divided by ``2**exponent`` and scale back; 0
+            as resolved, set by :meth:`at_unit_scale` (see :mod:`convspectra._rescale`).
     """
 
     spec: ConvSpec
@@ -80,6 +81,16 @@ class NormRequest:
         """The forward weight as NumPy float64 (complex128 for a complex kernel)."""
         array = to_numpy(self.weight)
         return array.astype(np.complex128 if np.iscomplexobj(array) else np.float64, copy=False)
+
+    @property
+    def is_complex(self) -> bool:
+        """Whether the kernel is complex (read from its dtype; nothing is copied)."""
+        weight = self.weight
+        return bool(weight.is_complex()) if hasattr(weight, "is_complex") else bool(np.iscomplexobj(weight))
+
+    def at_unit_scale(self) -> NormRequest:
+        """This request with ``exponent`` set so that the working weight's largest entry is in ``[0.5, 1)``."""
+        return dataclasses.replace(self, exponent=exponent_of(self.weight))
 
     def working_weight(self) -> np.ndarray:
         """:meth:`numpy_weight` divided by ``2**exponent`` (exactly): what the solvers work on."""
@@ -221,6 +232,4 @@ def resolve_request(
     geometry = {"layout": layout, "stride": stride, "dilation": dilation, "groups": groups, "transposed": transposed}
     spec, weight, mode, n, pairs = _layer(kernel, input_shape, padding, geometry)
     budget = resolve_budget(max_memory)
-    return NormRequest(
-        spec, weight, mode, n, pairs, rtol_f, max_iter_i, resolve_workers(workers), budget, exponent_of(weight)
-    )
+    return NormRequest(spec, weight, mode, n, pairs, rtol_f, max_iter_i, resolve_workers(workers), budget)
