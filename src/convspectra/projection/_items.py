@@ -30,7 +30,7 @@ from ..errors import ParameterError
 from ..spec import LAYOUTS, ConvSpec, parse_layer
 from ._report import ProjectionReport
 
-__all__ = ["BACKENDS", "Item", "distance", "prepare", "unchanged"]
+__all__ = ["BACKENDS", "Item", "distance", "parse_item", "prepare", "unchanged"]
 
 #: Where the computation runs: ``"auto"``, ``"torch"`` or ``"numpy"`` (see :func:`convspectra.clip_operator_norm`).
 BACKENDS = ("auto", "torch", "numpy")
@@ -74,7 +74,29 @@ class Item:
         return None if self.low is None else float(scale_down(np.float64(self.low), self.exponent))
 
 
-def prepare(kernel: Any, input_shape: Any, high: float, low: float | None, layer: dict[str, Any], backend: str) -> Item:
+def parse_item(kernel: Any, input_shape: Any, layer: dict[str, Any]) -> tuple[ConvSpec, Any, bool]:
+    """``(forward spec, forward weight, real)`` of one layer description, nothing copied beyond validation.
+
+    Raises:
+        ParameterError, ParameterTypeError: a bad layer description (from ``parse_layer``).
+    """
+    layout = "OIHW" if layer.get("layout") is None else layer["layout"]
+    geometry = {key: layer.get(key) for key in ("stride", "dilation", "groups", "transposed")}
+    spec, weight = parse_layer(kernel, input_shape, layout=layout, **geometry)
+    spec = dataclasses.replace(spec, transposed=False)  # the adjoint's projection is the adjoint of the projection
+    real = not (bool(weight.is_complex()) if is_tensor(weight) else np.iscomplexobj(weight))
+    return spec, weight, real
+
+
+def prepare(
+    kernel: Any,
+    input_shape: Any,
+    high: float,
+    low: float | None,
+    layer: dict[str, Any],
+    backend: str,
+    parsed: tuple[ConvSpec, Any, bool] | None = None,
+) -> Item:
     """Validate one layer description and put its taps on the backend that will compute with them.
 
     Args:
@@ -84,6 +106,7 @@ def prepare(kernel: Any, input_shape: Any, high: float, low: float | None, layer
         layer: ``layout``, ``stride``, ``dilation``, ``groups``, ``transposed`` (missing or None:
             the defaults of :func:`~convspectra.spec.parse_layer`, or the module's).
         backend: one of :data:`BACKENDS`; ``"auto"`` keeps tensors off the CPU on their device.
+        parsed: :func:`parse_item` of this kernel, when already done.
 
     Returns:
         The :class:`Item`.
@@ -93,9 +116,7 @@ def prepare(kernel: Any, input_shape: Any, high: float, low: float | None, layer
             ``backend="torch"`` without PyTorch.
     """
     layout = "OIHW" if layer.get("layout") is None else layer["layout"]
-    geometry = {key: layer.get(key) for key in ("stride", "dilation", "groups", "transposed")}
-    spec, weight = parse_layer(kernel, input_shape, layout=layout, **geometry)
-    spec = dataclasses.replace(spec, transposed=False)  # the adjoint's projection is the adjoint of the projection
+    spec, weight, _ = parse_item(kernel, input_shape, layer) if parsed is None else parsed
     is_module = is_torch_module(kernel)
     source = kernel.weight if is_module else kernel
     family = "first" if is_module else LAYOUTS[layout][0]
