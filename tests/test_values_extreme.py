@@ -184,7 +184,9 @@ def _refusal(call) -> tuple[float, int, str]:
     return seconds, peak, str(error.value)
 
 
-@pytest.mark.parametrize(("weight", "size", "geometry"), HUGE, ids=["2d-2**40", "1d-2**40", "depthwise-4096", "4096-in"])
+@pytest.mark.parametrize(
+    ("weight", "size", "geometry"), HUGE, ids=["2d-2**40", "1d-2**40", "depthwise-4096", "4096-in"]
+)
 def test_an_over_budget_request_is_refused_at_once_by_every_entry_point(weight, size, geometry):
     calls = {
         "operator_norm circular": lambda: cs.operator_norm(weight, size, **geometry),
