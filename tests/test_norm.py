@@ -234,9 +234,11 @@ def test_convergence_warning_points_at_the_callers_line(rng):
 
 def test_the_solver_memory_budget_is_enforced_with_the_estimate(rng):
     kernel = rng.normal(size=(8, 8, 3, 3))
-    with pytest.raises(cs.MemoryBudgetError, match=r"max_memory: the iterative solver for this layer needs about"):
+    with pytest.raises(cs.MemoryBudgetError, match=r"max_memory: the padded operator norm of this layer .* needs"):
         cs.operator_norm(kernel, (64, 64), padding=1, max_memory=2**20)
-    assert cs.operator_norm(kernel, (64, 64), max_memory=2**20) > 0  # the exact circular path needs no solver
+    with pytest.raises(cs.MemoryBudgetError, match=r"max_memory: the wrap-around operator norm of this layer"):
+        cs.operator_norm(kernel, (64, 64), max_memory=2**20)
+    assert cs.operator_norm(kernel, (64, 64), max_memory=64 * 2**20) > 0  # the exact circular path needs less
 
 
 # --- the matrix-free operator against PyTorch's convolutions ------------------------------------

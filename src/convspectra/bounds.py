@@ -12,6 +12,10 @@ let :math:`S_{cd} = \sum_t |K_{c,d,t}|`. Sedghi, Gupta & Long (2019) bound the o
   :math:`\sum_t K_t`; with channels it is the norm of the frequency-0 transfer matrix, which
   dominates every other frequency entrywise (:func:`nonnegative_norm`).
 
+Every function works on the kernel divided by the power of two that brings its largest entry
+into ``[0.5, 1)`` and scales the result back (:mod:`convspectra._rescale`): the squares inside do
+not underflow at 1e-300 nor overflow at 1e300, and results are bit-identical otherwise.
+
 These bounds hold for every input size, for circular and for zero padding (a zero-padded layer
 is a restriction of a circular one), for stride (rows of the stride-1 operator) and dilation.
 
@@ -43,15 +47,18 @@ from typing import Any
 import numpy as np
 
 from ._backend import is_tensor
+from ._rescale import exponent_of, scale_down, scale_up
 from .errors import ParameterError
 from .spec import parse_kernel
 
 __all__ = ["channel_l1_bound", "l1_bound", "nonnegative_norm", "reshaped_norm"]
 
 
-def _weight(kernel: Any, layout: str | None, groups: int | None, transposed: bool | None) -> Any:
+def _weight(kernel: Any, layout: str | None, groups: int | None, transposed: bool | None) -> tuple[Any, int]:
+    """``(weight / 2**e, e)``: the forward weight at unit scale, and the exponent to scale results back."""
     _, weight = parse_kernel(kernel, layout=layout, groups=groups, transposed=transposed)
-    return weight
+    e = exponent_of(weight)
+    return scale_down(weight, e), e
 
 
 def _group_sums(weight: Any, groups: int) -> Any:
@@ -82,8 +89,8 @@ def l1_bound(
         >>> float(l1_bound(np.array([[[[1.0, -2.0]]]])))
         3.0
     """
-    weight = _weight(kernel, layout, groups, transposed)
-    return weight.abs().sum() if is_tensor(weight) else np.abs(weight).sum()
+    weight, e = _weight(kernel, layout, groups, transposed)
+    return scale_up(weight.abs().sum() if is_tensor(weight) else np.abs(weight).sum(), e)
 
 
 def channel_l1_bound(
@@ -104,10 +111,11 @@ def channel_l1_bound(
         1.4142135623730951
     """
     spec, weight = parse_kernel(kernel, layout=layout, groups=groups, transposed=transposed)
-    sums = _group_sums(weight, spec.groups)
+    e = exponent_of(weight)
+    sums = _group_sums(scale_down(weight, e), spec.groups)
     if is_tensor(sums):
-        return (sums.amax(-1) ** 2).sum().sqrt()
-    return np.sqrt((sums.max(-1) ** 2).sum())
+        return scale_up((sums.amax(-1) ** 2).sum().sqrt(), e)
+    return scale_up(np.sqrt((sums.max(-1) ** 2).sum()), e)
 
 
 def nonnegative_norm(
@@ -143,10 +151,11 @@ def nonnegative_norm(
         bad = "complex" if np.iscomplexobj(array) else f"{int((array < 0).sum())} negative"
         raise ParameterError(f"kernel: expected non-negative real entries (Proposition 7), got {bad} entries")
     a = spec.out_channels // spec.groups
-    summed = weight.reshape(spec.groups, a, weight.shape[1], -1).sum(-1)
+    e = exponent_of(array)
+    summed = scale_down(weight, e).reshape(spec.groups, a, weight.shape[1], -1).sum(-1)
     if torch_mode:
-        return sys.modules["torch"].linalg.matrix_norm(summed, ord=2).amax()
-    return np.linalg.norm(summed, ord=2, axis=(1, 2)).max()
+        return scale_up(sys.modules["torch"].linalg.matrix_norm(summed, ord=2).amax(), e)
+    return scale_up(np.linalg.norm(summed, ord=2, axis=(1, 2)).max(), e)
 
 
 def reshaped_norm(
@@ -168,8 +177,8 @@ def reshaped_norm(
         >>> float(reshaped_norm(np.ones((1, 1, 2, 2))))
         2.0
     """
-    weight = _weight(kernel, layout, groups, transposed)
+    weight, e = _weight(kernel, layout, groups, transposed)
     matrix = weight.reshape(weight.shape[0], -1)
     if is_tensor(matrix):
-        return sys.modules["torch"].linalg.matrix_norm(matrix, ord=2)
-    return np.linalg.norm(matrix, ord=2)
+        return scale_up(sys.modules["torch"].linalg.matrix_norm(matrix, ord=2), e)
+    return scale_up(np.linalg.norm(matrix, ord=2), e)

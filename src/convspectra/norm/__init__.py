@@ -49,6 +49,7 @@ import numpy as np
 
 from .._backend import is_tensor, loaded_torch
 from ..errors import ConvergenceWarning
+from ._budget import check_request
 from ._gradient import torch_value
 from ._operator import ConvOperator
 from ._padded import solve_padded
@@ -92,11 +93,17 @@ class NormBounds:
         return self.gap / self.upper if self.upper > 0 else 0.0
 
 
-def _solve(request: NormRequest, *, want_bracket: bool) -> Solution:
-    """The solver for the request's boundary: exact for wrap-around layers, iterative for padded ones."""
+def _solve(request: NormRequest, *, want_bracket: bool) -> tuple[NormRequest, Solution]:
+    """The solver for the request's boundary: exact for wrap-around layers, iterative for padded ones.
+
+    Refused first, allocating nothing, when its estimate exceeds the budget; then solved at unit
+    scale (:meth:`NormRequest.at_unit_scale`). Returns the request as solved and the solution.
+    """
+    check_request(request, want_bracket=want_bracket)
+    request = request.at_unit_scale()
     if request.mode == "wrap":
-        return solve_wraparound(request, want_bracket=want_bracket)
-    return solve_padded(request)
+        return request, solve_wraparound(request, want_bracket=want_bracket)
+    return request, solve_padded(request)
 
 
 def operator_norm(
@@ -170,7 +177,7 @@ def operator_norm(
         workers=workers,
         max_memory=max_memory,
     )
-    solution = _solve(request, want_bracket=False)
+    request, solution = _solve(request, want_bracket=False)
     if solution.warning is not None:
         warnings.warn(solution.warning, ConvergenceWarning, stacklevel=2)
     weight = request.weight
@@ -235,7 +242,7 @@ def operator_norm_bounds(
         workers=workers,
         max_memory=max_memory,
     )
-    solution = _solve(request, want_bracket=True)
+    _, solution = _solve(request, want_bracket=True)
     if solution.warning is not None:
         warnings.warn(solution.warning, ConvergenceWarning, stacklevel=2)
     return NormBounds(

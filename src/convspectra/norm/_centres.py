@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..transfer import FrequencyPlan
+from ._budget import CENTRE_CHUNK_BYTES
 from ._sigma import gram_bound, squared_norms
 
 __all__ = ["Centres", "centre_values"]
@@ -96,6 +97,9 @@ class Centres:
 def centre_values(plan: FrequencyPlan, flat: np.ndarray, freqs: np.ndarray, slopes: np.ndarray) -> Centres:
     """Largest singular values at ``freqs`` and the local expansion data of :class:`Centres`.
 
+    The centres are processed in chunks of about :data:`~convspectra.norm._budget.CENTRE_CHUNK_BYTES`
+    of matrices (the memory estimate counts one chunk).
+
     Args:
         plan: the layer's frequency plan.
         flat: its flat complex weight (:func:`convspectra.transfer.flat_weight`).
@@ -106,6 +110,19 @@ def centre_values(plan: FrequencyPlan, flat: np.ndarray, freqs: np.ndarray, slop
     Returns:
         The :class:`Centres` of the B frequencies.
     """
+    rows, cols = plan.block_shape
+    per_centre = 16 * plan.spec.groups * (6 + 3 * plan.spec.ndim) * rows * cols
+    step = max(1, CENTRE_CHUNK_BYTES // per_centre)
+    if len(freqs) <= step:
+        return _centre_chunk(plan, flat, freqs, slopes)
+    parts = [_centre_chunk(plan, flat, freqs[i : i + step], slopes) for i in range(0, len(freqs), step)]
+    names = ("value", "lam1", "lam2", "slope", "coupling", "h_norm", "k_norm")
+    joined = {name: np.concatenate([getattr(part, name) for part in parts]) for name in names}
+    return Centres(**joined, groups=plan.spec.groups)
+
+
+def _centre_chunk(plan: FrequencyPlan, flat: np.ndarray, freqs: np.ndarray, slopes: np.ndarray) -> Centres:
+    """:func:`centre_values` of one chunk of centres."""
     groups = plan.spec.groups
     batch = len(freqs)
     phases = plan.phases(freqs)

@@ -194,7 +194,10 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
         radius = np.maximum(centre - lo, hi - 1 - centre)
         evaluated += len(centre)
         splittable = np.prod(hi - lo, axis=1) > 1
-        if radius.max() > _LOCAL_RADIUS:  # large boxes: the first-order bound first, cheaply
+        if rounds == 0 or radius.max() > _LOCAL_RADIUS:
+            # large boxes, or the first round: the first-order bound first, cheaply (one value per
+            # centre; the second-order data cost several times more), which also tells a flat
+            # spectrum, where nothing will prune, before spending anything on it
             values = sigma_max_at(plan, flat, centre, workers)
             consider(centre, values)
             keep = (values + lipschitz(radius) > best) & splittable
@@ -265,10 +268,16 @@ def top_singular_vector(plan: FrequencyPlan, flat: np.ndarray, frequency: np.nda
     vector = np.zeros((spec.in_channels, *n), dtype=np.complex128)
     b0 = spec.in_channels // spec.groups
     for j, alias in enumerate(aliases):
-        # on collapsed axes (grid 1, one alias) the plane wave is constant: frequency 0
-        f = np.where(grid > 1, frequency + alias * grid, 0)
+        f = frequency + alias * grid  # every alias its own plane wave (also where the grid is 1)
         wave = np.exp(2j * np.pi * ((positions * f) % n / n).sum(axis=-1))
         vector[group * b0 : (group + 1) * b0] += coeff[j][:, None, ...].reshape(b0, *([1] * len(n))) * wave
+    # A collapsed strided axis (one tap, stride s) planned one alias where the layer has s equal
+    # ones: the singular vector is their sum, exp(2 pi i j q / s) over j, which is s on the
+    # samples the layer reads (q = 0 mod s) and 0 elsewhere; not the constant wave.
+    for axis, (planned, actual) in enumerate(zip(plan.stride, spec.stride, strict=True)):
+        if actual > 1 and planned == 1:
+            read = (np.arange(n[axis]) % actual == 0).reshape([-1 if a == axis else 1 for a in range(len(n))])
+            vector *= read
     return vector / np.linalg.norm(vector)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._backend import loaded_torch
+from .._rescale import scale_down, scale_up
 from ..errors import ParameterTypeError
 from ..transfer import FrequencyPlan, flat_weight
 from ._request import NormRequest
@@ -42,14 +43,15 @@ def torch_value(request: NormRequest, solution: Solution) -> Any:
         ParameterTypeError: a complex kernel on a padded layer (no gradient there).
     """
     torch = loaded_torch()
-    weight = request.weight
+    e = request.exponent
+    weight = scale_down(request.weight, e)  # the solvers' scale (exact); the value is scaled back
     if request.mode == "wrap":
         assert solution.plan is not None and solution.frequency is not None
         plan = FrequencyPlan.create(request.spec, real=not weight.is_complex())
         matrices = plan.transfer_torch(flat_weight(weight), solution.frequency[None, :])
         if min(matrices.shape[1:]) == 1:
-            return torch.linalg.vector_norm(matrices, dim=(1, 2)).amax()
-        return torch.linalg.svdvals(matrices)[:, 0].amax()
+            return scale_up(torch.linalg.vector_norm(matrices, dim=(1, 2)).amax(), e)
+        return scale_up(torch.linalg.svdvals(matrices)[:, 0].amax(), e)
     assert solution.vector is not None
     if weight.is_complex():
         raise ParameterTypeError(
@@ -63,4 +65,4 @@ def torch_value(request: NormRequest, solution: Solution) -> Any:
     x = torch.nn.functional.pad(x, pads, mode="circular" if request.mode == "circular" else "constant")
     conv = getattr(torch.nn.functional, f"conv{spec.ndim}d")
     y = conv(x, weight, stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
-    return torch.linalg.vector_norm(y)
+    return scale_up(torch.linalg.vector_norm(y), e)

@@ -28,9 +28,10 @@ import math
 
 import numpy as np
 
-from .._memory import check_budget
+from .._rescale import scale_up
 from ..bounds import channel_l1_bound
 from ..spec import ConvSpec
+from ._budget import lanczos_basis
 from ._circular import circular_maximum, circular_plan, larger_part, top_singular_vector
 from ._lanczos import largest_singular_value
 from ._operator import ConvOperator
@@ -106,11 +107,10 @@ def solve_padded(request: NormRequest) -> Solution:
         first, ``converged`` is False, the value is the certified lower bound and ``warning``
         gives the bracket.
 
-    Raises:
-        MemoryBudgetError: the solver's estimate exceeds ``request.max_memory``.
+    The memory estimate is checked by the caller (:func:`convspectra.norm._budget.check_request`).
     """
     spec = request.spec
-    weight = request.numpy_weight()
+    weight = request.working_weight()  # divided by 2**exponent: scaled back below
     allowance = rounding_allowance(spec)
     op = ConvOperator.create(
         weight,
@@ -121,15 +121,13 @@ def solve_padded(request: NormRequest) -> Solution:
         dilation=spec.dilation,
         groups=spec.groups,
     )
-    vector_bytes = 16 * max(op.shape) * 2 + 16 * math.prod(op.grid) * max(spec.in_channels, spec.out_channels)
-    check_budget(24 * vector_bytes + op.hat.nbytes, request.max_memory, "the iterative solver for this layer")
     upper, where, start = _certificate(request, weight)
     if not np.iscomplexobj(weight):
         start = larger_part(start)
     rng = np.random.default_rng(0)  # a little of every direction, reproducibly
     noise = rng.standard_normal(start.shape)
     start = start / max(np.linalg.norm(start), 1e-300) + 1e-3 * noise / np.linalg.norm(noise)
-    basis = int(max(20, min(300, (request.max_memory // 4) // max(1, 16 * max(op.shape)))))
+    basis = lanczos_basis(request)
     result = largest_singular_value(
         lambda v: op.matvec(v).ravel(),
         lambda v: op.rmatvec(v).ravel(),
@@ -138,8 +136,11 @@ def solve_padded(request: NormRequest) -> Solution:
         max_iter=request.max_iter,
         basis=basis,
     )
-    upper = max(upper * (1 + allowance), result.value * (1 + allowance))
-    lower = max(0.0, result.value - allowance * upper)
+    e = request.exponent
+    upper_scaled = max(upper * (1 + allowance), result.value * (1 + allowance))
+    upper = float(scale_up(upper_scaled, e))
+    lower = float(scale_up(max(0.0, result.value - allowance * upper_scaled), e))
+    value = float(scale_up(result.value, e))
     method = f"Lanczos ({result.iterations} products with A^H A) between the Rayleigh quotient and the {where}"
     warning = None
     if not result.converged:
@@ -148,4 +149,4 @@ def solve_padded(request: NormRequest) -> Solution:
             f"max_iter={request.max_iter} (relative residual {result.residual:.2e}); the norm lies in "
             f"[{lower:.10g}, {upper:.10g}] and the lower end is returned. Raise max_iter or rtol."
         )
-    return Solution(result.value, lower, upper, result.converged, method, warning, vector=result.vector, operator=op)
+    return Solution(value, lower, upper, result.converged, method, warning, vector=result.vector, operator=op)

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 from .._backend import is_torch_module, to_numpy
 from .._checks import as_tuple, choice, integer, real
 from .._memory import resolve_budget
+from .._rescale import exponent_of, scale_down
 from .._threads import resolve_workers
 from ..errors import ParameterError
 from ..spec import ConvSpec, parse_kernel, parse_layer
@@ -60,6 +62,8 @@ class NormRequest:
         rtol, max_iter: the iterative solver's residual target and product budget.
         workers: threads for the per-frequency decompositions.
         max_memory: the byte budget.
+        exponent: the solvers work on the weight divided by ``2**exponent`` and scale back; 0
+            as resolved, set by :meth:`at_unit_scale` (see :mod:`convspectra._rescale`).
     """
 
     spec: ConvSpec
@@ -71,11 +75,26 @@ class NormRequest:
     max_iter: int
     workers: int
     max_memory: int
+    exponent: int = 0
 
     def numpy_weight(self) -> np.ndarray:
         """The forward weight as NumPy float64 (complex128 for a complex kernel)."""
         array = to_numpy(self.weight)
         return array.astype(np.complex128 if np.iscomplexobj(array) else np.float64, copy=False)
+
+    @property
+    def is_complex(self) -> bool:
+        """Whether the kernel is complex (read from its dtype; nothing is copied)."""
+        weight = self.weight
+        return bool(weight.is_complex()) if hasattr(weight, "is_complex") else bool(np.iscomplexobj(weight))
+
+    def at_unit_scale(self) -> NormRequest:
+        """This request with ``exponent`` set so that the working weight's largest entry is in ``[0.5, 1)``."""
+        return dataclasses.replace(self, exponent=exponent_of(self.weight))
+
+    def working_weight(self) -> np.ndarray:
+        """:meth:`numpy_weight` divided by ``2**exponent`` (exactly): what the solvers work on."""
+        return np.asarray(scale_down(self.numpy_weight(), self.exponent))
 
 
 def _pairs(padding: Any, spec: ConvSpec, name: str) -> tuple[tuple[int, int], ...]:

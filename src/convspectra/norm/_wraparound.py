@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._rescale import scale_up
 from ._circular import circular_maximum, circular_plan, larger_part, top_singular_vector
 from ._operator import ConvOperator
 from ._request import NormRequest
@@ -38,7 +39,7 @@ def solve_wraparound(request: NormRequest, *, want_bracket: bool) -> Solution:
         The :class:`~convspectra.norm._solution.Solution` (always converged).
     """
     spec = request.spec
-    weight = request.numpy_weight()
+    weight = request.working_weight()  # divided by 2**exponent: scaled back below
     allowance = rounding_allowance(spec)
     plan, flat = circular_plan(weight, spec.input_shape, stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
     found = circular_maximum(plan, flat, request.workers)
@@ -56,10 +57,11 @@ def solve_wraparound(request: NormRequest, *, want_bracket: bool) -> Solution:
             groups=spec.groups,
         )
         lower = float(np.linalg.norm(op.matvec(vector)) / np.linalg.norm(vector))
+    e = request.exponent
     return Solution(
-        found.value,
-        max(0.0, min(lower, found.value) - allowance * found.value),
-        found.value * (1 + allowance),
+        float(scale_up(found.value, e)),
+        float(scale_up(max(0.0, min(lower, found.value) - allowance * found.value), e)),
+        float(scale_up(found.value * (1 + allowance), e)),
         True,
         f"exact: branch and bound over {found.total} frequencies, {found.evaluated} evaluated",
         frequency=found.frequency,

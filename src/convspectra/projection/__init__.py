@@ -64,8 +64,10 @@ from typing import Any
 import numpy as np
 
 from .._checks import describe, norm_bounds
+from .._memory import resolve_budget
 from ..errors import ParameterError, ParameterTypeError
-from ._items import Item, prepare
+from ._budget import check_projection
+from ._items import Item, parse_item, prepare
 from ._loop import METHODS, Options, run
 from ._report import ProjectionReport
 
@@ -73,10 +75,19 @@ __all__ = ["METHODS", "ProjectionReport", "clip_operator_norm", "clip_operator_n
 
 
 def _project_one(
-    kernel: Any, input_shape: Any, max_norm: Any, min_norm: Any, layer: dict[str, Any], options: Options
+    kernel: Any,
+    input_shape: Any,
+    max_norm: Any,
+    min_norm: Any,
+    layer: dict[str, Any],
+    options: Options,
+    max_memory: Any,
 ) -> Item:
     high, low = norm_bounds(max_norm, min_norm)
-    item = prepare(kernel, input_shape, high, low, layer, options.backend)
+    budget = resolve_budget(max_memory)
+    parsed = parse_item(kernel, input_shape, layer)
+    check_projection([(parsed[0], parsed[2], low is not None)], options.workers, budget)
+    item = prepare(kernel, input_shape, high, low, layer, options.backend, parsed)
     run([item], options)
     return item
 
@@ -96,6 +107,7 @@ def clip_operator_norm(
     transposed: bool | None = None,
     workers: int | None = None,
     backend: str = "auto",
+    max_memory: int | None = None,
 ) -> Any:
     r"""Project a convolution kernel towards ``{K : ||A(K)||_2 <= max_norm}`` with its own support.
 
@@ -134,6 +146,8 @@ def clip_operator_norm(
             the CPU with torch), e.g. to run the accelerator code path on a CPU. ``"numpy"``:
             always NumPy/LAPACK; a tensor on another device is copied to the CPU and the result
             copied back. The result's kind, device and dtype do not depend on the backend.
+        max_memory: byte budget (default 4 GiB); a larger estimate is refused before anything
+            is copied.
 
     Returns:
         The projected kernel, same shape and layout; NumPy for NumPy input, a torch tensor on the
@@ -144,6 +158,7 @@ def clip_operator_norm(
         ParameterError: ``max_norm <= 0``, ``min_norm`` outside ``[0, max_norm]``,
             ``iterations < 1``, an unknown method or backend, or a bad layer description.
         ParameterTypeError: non-numeric bounds, non-integer iterations, unsupported kernel type.
+        MemoryBudgetError: the estimate exceeds ``max_memory``.
 
     Example:
         >>> import numpy as np, convspectra as cs
@@ -166,7 +181,7 @@ def clip_operator_norm(
     """
     options = Options.create(method=method, iterations=iterations, workers=workers, backend=backend, report=False)
     layer = {"layout": layout, "stride": stride, "dilation": dilation, "groups": groups, "transposed": transposed}
-    return _project_one(kernel, input_shape, max_norm, min_norm, layer, options).result
+    return _project_one(kernel, input_shape, max_norm, min_norm, layer, options, max_memory).result
 
 
 def clip_operator_norm_report(
@@ -184,6 +199,7 @@ def clip_operator_norm_report(
     transposed: bool | None = None,
     workers: int | None = None,
     backend: str = "auto",
+    max_memory: int | None = None,
 ) -> tuple[Any, ProjectionReport]:
     """:func:`clip_operator_norm` plus diagnostics: ``(kernel, ProjectionReport)``.
 
@@ -195,7 +211,7 @@ def clip_operator_norm_report(
         :class:`ProjectionReport`.
 
     Raises:
-        ParameterError, ParameterTypeError: as :func:`clip_operator_norm`.
+        ParameterError, ParameterTypeError, MemoryBudgetError: as :func:`clip_operator_norm`.
 
     Example:
         >>> import numpy as np, convspectra as cs
@@ -207,7 +223,7 @@ def clip_operator_norm_report(
     """
     options = Options.create(method=method, iterations=iterations, workers=workers, backend=backend, report=True)
     layer = {"layout": layout, "stride": stride, "dilation": dilation, "groups": groups, "transposed": transposed}
-    item = _project_one(kernel, input_shape, max_norm, min_norm, layer, options)
+    item = _project_one(kernel, input_shape, max_norm, min_norm, layer, options, max_memory)
     assert item.report is not None
     return item.result, item.report
 
@@ -246,6 +262,7 @@ def clip_operator_norm_many(
     transposed: bool | list[bool | None] | None = None,
     workers: int | None = None,
     backend: str = "auto",
+    max_memory: int | None = None,
 ) -> list[Any]:
     """:func:`clip_operator_norm` of many kernels at once; layers of equal shape are batched.
 
@@ -268,7 +285,8 @@ def clip_operator_norm_many(
         min_norm: None, one lower bound for all, or a list with one per kernel (entries may be None).
         layout, stride, dilation, groups, transposed: one value for all kernels, or a list with one
             value per kernel (as in :func:`clip_operator_norm`).
-        iterations, method, workers, backend: as :func:`clip_operator_norm` (shared).
+        iterations, method, workers, backend, max_memory: as :func:`clip_operator_norm` (shared; the
+            budget is for the whole call, checked before any kernel is copied).
 
     Returns:
         A list of projected kernels, in order, each as :func:`clip_operator_norm` returns it.
@@ -278,6 +296,7 @@ def clip_operator_norm_many(
             parameter and both counts), or any error of :func:`clip_operator_norm`.
         ParameterTypeError: ``kernels`` not a sequence, a tuple or array given as ``max_norm`` or
             ``min_norm`` (a list gives one bound per kernel), or any error of :func:`clip_operator_norm`.
+        MemoryBudgetError: the estimate for all the kernels exceeds ``max_memory``.
 
     Example:
         >>> import numpy as np, convspectra as cs
@@ -306,10 +325,17 @@ def clip_operator_norm_many(
         "transposed": transposed,
     }
     values = {name: _per_kernel(name, value, count) for name, value in given.items()}
-    items = []
+    budget = resolve_budget(max_memory)
+    described = []
     for index, kernel in enumerate(kernels):
         high, low = norm_bounds(values["max_norm"][index], values["min_norm"][index])
         layer = {name: values[name][index] for name in ("layout", "stride", "dilation", "groups", "transposed")}
-        items.append(prepare(kernel, values["input_shapes"][index], high, low, layer, options.backend))
+        described.append((kernel, high, low, layer, parse_item(kernel, values["input_shapes"][index], layer)))
+    layers = [(parsed[0], parsed[2], low is not None) for _, _, low, _, parsed in described]
+    check_projection(layers, options.workers, budget)
+    items = [
+        prepare(kernel, values["input_shapes"][index], high, low, layer, options.backend, parsed)
+        for index, (kernel, high, low, layer, parsed) in enumerate(described)
+    ]
     run(items, options)
     return [item.result for item in items]

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 
 from .._backend import is_tensor, is_torch_module, loaded_torch, to_numpy
+from .._rescale import exponent_of, scale_down, scale_up
 from ..errors import ParameterError
 from ..spec import LAYOUTS, ConvSpec, parse_layer
 from ._report import ProjectionReport
 
-__all__ = ["BACKENDS", "Item", "distance", "prepare", "unchanged"]
+__all__ = ["BACKENDS", "Item", "distance", "parse_item", "prepare", "unchanged"]
 
 #: Where the computation runs: ``"auto"``, ``"torch"`` or ``"numpy"`` (see :func:`convspectra.clip_operator_norm`).
 BACKENDS = ("auto", "torch", "numpy")
@@ -46,6 +47,8 @@ class Item:
         real: whether the kernel is real.
         restore: ``(taps, C)`` result -> the user's kind, layout, device and dtype.
         original: the user's weight (for an unchanged result and the report's distance).
+        exponent: ``flat`` is the kernel divided by ``2**exponent`` (largest entry in ``[0.5, 1)``,
+            see :mod:`convspectra._rescale`); ``restore`` scales back.
         result, report: filled in by the projection.
     """
 
@@ -56,11 +59,43 @@ class Item:
     real: bool
     restore: Callable[[Any], Any]
     original: Any
+    exponent: int = 0
     result: Any = None
     report: ProjectionReport | None = None
 
+    @property
+    def scaled_high(self) -> float:
+        """``high / 2**exponent``: the bound at the working scale of ``flat``."""
+        return float(scale_down(np.float64(self.high), self.exponent))
 
-def prepare(kernel: Any, input_shape: Any, high: float, low: float | None, layer: dict[str, Any], backend: str) -> Item:
+    @property
+    def scaled_low(self) -> float | None:
+        """``low / 2**exponent`` (None without a band)."""
+        return None if self.low is None else float(scale_down(np.float64(self.low), self.exponent))
+
+
+def parse_item(kernel: Any, input_shape: Any, layer: dict[str, Any]) -> tuple[ConvSpec, Any, bool]:
+    """``(forward spec, forward weight, real)`` of one layer description, nothing copied beyond validation.
+
+    Raises:
+        ParameterError, ParameterTypeError: a bad layer description (from ``parse_layer``).
+    """
+    geometry = {key: layer.get(key) for key in ("stride", "dilation", "groups", "transposed")}
+    spec, weight = parse_layer(kernel, input_shape, layout=layer.get("layout"), **geometry)
+    spec = dataclasses.replace(spec, transposed=False)  # the adjoint's projection is the adjoint of the projection
+    real = not (bool(weight.is_complex()) if is_tensor(weight) else np.iscomplexobj(weight))
+    return spec, weight, real
+
+
+def prepare(
+    kernel: Any,
+    input_shape: Any,
+    high: float,
+    low: float | None,
+    layer: dict[str, Any],
+    backend: str,
+    parsed: tuple[ConvSpec, Any, bool] | None = None,
+) -> Item:
     """Validate one layer description and put its taps on the backend that will compute with them.
 
     Args:
@@ -70,6 +105,7 @@ def prepare(kernel: Any, input_shape: Any, high: float, low: float | None, layer
         layer: ``layout``, ``stride``, ``dilation``, ``groups``, ``transposed`` (missing or None:
             the defaults of :func:`~convspectra.spec.parse_layer`, or the module's).
         backend: one of :data:`BACKENDS`; ``"auto"`` keeps tensors off the CPU on their device.
+        parsed: :func:`parse_item` of this kernel, when already done.
 
     Returns:
         The :class:`Item`.
@@ -79,9 +115,7 @@ def prepare(kernel: Any, input_shape: Any, high: float, low: float | None, layer
             ``backend="torch"`` without PyTorch.
     """
     layout = "OIHW" if layer.get("layout") is None else layer["layout"]
-    geometry = {key: layer.get(key) for key in ("stride", "dilation", "groups", "transposed")}
-    spec, weight = parse_layer(kernel, input_shape, layout=layer.get("layout"), **geometry)
-    spec = dataclasses.replace(spec, transposed=False)  # the adjoint's projection is the adjoint of the projection
+    spec, weight, _ = parse_item(kernel, input_shape, layer) if parsed is None else parsed
     is_module = is_torch_module(kernel)
     source = kernel.weight if is_module else kernel
     family = "first" if is_module else LAYOUTS[layout][0]
@@ -95,10 +129,12 @@ def prepare(kernel: Any, input_shape: Any, high: float, low: float | None, layer
         target_dtype = source.dtype if (source.dtype.is_floating_point or source.dtype.is_complex) else torch.float64
         device = source.device
         w = weight.detach().to(torch.float64 if real else torch.complex128)
+        exponent = exponent_of(w)
         flat = w.reshape(shape[0] * shape[1], taps).T
-        flat = to_numpy(flat).copy() if numpy else flat.contiguous()
+        flat = scale_down(to_numpy(flat).copy(), exponent) if numpy else scale_down(flat.contiguous(), exponent)
 
         def restore(result: Any) -> Any:
+            result = scale_up(result, exponent)
             out = torch.from_numpy(np.ascontiguousarray(result)) if isinstance(result, np.ndarray) else result
             out = out.T.reshape(shape)
             if family == "last":
@@ -111,18 +147,21 @@ def prepare(kernel: Any, input_shape: Any, high: float, low: float | None, layer
         real = not np.iscomplexobj(weight)
         target = array.dtype if array.dtype.kind in "fc" else np.dtype(np.float64)
         w = np.asarray(weight, dtype=np.float64 if real else np.complex128)
-        flat = np.ascontiguousarray(w.reshape(shape[0] * shape[1], taps).T)
+        exponent = exponent_of(w)
+        flat = np.ascontiguousarray(scale_down(w.reshape(shape[0] * shape[1], taps).T, exponent))
         if backend == "torch":
             flat = _torch_module().from_numpy(flat)
 
         def restore(result: Any) -> Any:
-            out = to_numpy(result).T.reshape(shape)
+            out = scale_up(to_numpy(result), exponent).T.reshape(shape)
             if family == "last":
                 out = np.transpose(out, (*range(2, 2 + ndim), 1, 0))
             return np.ascontiguousarray(out, dtype=target)
 
         original = array
-    return Item(spec=spec, flat=flat, high=high, low=low, real=real, restore=restore, original=original)
+    return Item(
+        spec=spec, flat=flat, high=high, low=low, real=real, restore=restore, original=original, exponent=exponent
+    )
 
 
 def _torch_module() -> Any:
@@ -145,7 +184,10 @@ def unchanged(item: Item) -> Any:
 
 
 def distance(item: Item) -> float:
-    """Frobenius norm of ``item.result - item.original`` (in the kernel's own layout), float64."""
-    a = to_numpy(item.original)
-    b = to_numpy(item.result)
-    return float(np.linalg.norm((b.astype(np.complex128) - a.astype(np.complex128)).ravel()))
+    """Frobenius norm of ``item.result - item.original`` (in the kernel's own layout), float64.
+
+    Computed at the working scale and scaled back, so that it neither underflows nor overflows.
+    """
+    a = scale_down(to_numpy(item.original).astype(np.complex128), item.exponent)
+    b = scale_down(to_numpy(item.result).astype(np.complex128), item.exponent)
+    return float(scale_up(np.linalg.norm((b - a).ravel()), item.exponent))

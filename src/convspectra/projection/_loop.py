@@ -30,6 +30,7 @@ import numpy as np
 
 from .._backend import loaded_torch
 from .._checks import choice, integer
+from .._rescale import scale_up
 from .._threads import resolve_workers, run_chunks, single_threaded_blas
 from ._clip import clip, extremes
 from ._items import BACKENDS, Item, distance, unchanged
@@ -140,14 +141,19 @@ def _project_batch(items: list[Item], options: Options) -> None:
         if options.report:
             before, after = diagnostics.before, diagnostics.after
             assert before is not None and after is not None
+            e = item.exponent  # the diagnostics are at the working scale
+
+            def back(values: np.ndarray | None, e: int = e, index: int = index) -> float | None:
+                return None if values is None else float(scale_up(np.float64(values[index]), e))
+
             item.report = ProjectionReport(
-                sigma_max_before=float(before[0][index]),
-                sigma_max_after=float(after[0][index]),
-                sigma_min_before=None if before[1] is None else float(before[1][index]),
-                sigma_min_after=None if after[1] is None else float(after[1][index]),
+                sigma_max_before=float(scale_up(np.float64(before[0][index]), e)),
+                sigma_max_after=float(scale_up(np.float64(after[0][index]), e)),
+                sigma_min_before=back(before[1]),
+                sigma_min_after=back(after[1]),
                 distance=0.0 if used[index] == 0 else distance(item),
                 iterations=int(used[index]),
-                support_residual=float(diagnostics.residual[index]),
+                support_residual=float(scale_up(np.float64(diagnostics.residual[index]), e)),
                 support_changed=bool(diagnostics.support_changed[index]),
                 method=options.method,
                 max_norm=item.high,
@@ -164,8 +170,9 @@ def _iterate(geometry: Geometry, items: list[Item], x0: Any, options: Options) -
     want_report = options.report
     x = x0
     # per matrix of the (frequency, layer, group) batch
-    high = np.tile(np.repeat([item.high for item in items], geometry.groups), geometry.batch)
-    low = np.tile(np.repeat([item.low or 0.0 for item in items], geometry.groups), geometry.batch)
+    # the bounds at the working scale of each layer's taps (see Item.exponent)
+    high = np.tile(np.repeat([item.scaled_high for item in items], geometry.groups), geometry.batch)
+    low = np.tile(np.repeat([item.scaled_low or 0.0 for item in items], geometry.groups), geometry.batch)
     if not numpy:
         torch = sys.modules["torch"]
         high = torch.from_numpy(high).to(x.device)
