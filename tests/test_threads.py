@@ -33,6 +33,12 @@ def fresh_thread_torch_threads() -> int:
     return seen[0]
 
 
+def wait_for_workers() -> None:
+    for thread in threading.enumerate():
+        if thread.name.startswith("convspectra"):
+            thread.join(timeout=10)
+
+
 @pytest.fixture
 def two_blas_threads():
     """BLAS at two threads for the test (a 1-core runner would otherwise show nothing), restored after.
@@ -134,6 +140,7 @@ def test_an_exception_in_a_worker_propagates_stops_the_rest_and_restores_the_lim
         run_chunks(chunk, range(200), workers=2)
     assert time.perf_counter() - start < 5  # the 200 x 0.05 s of remaining chunks were not run
     assert len(ran) < 50
+    wait_for_workers()  # the chunks running when the error came end on their own, then BLAS is restored
     assert blas_threads() == two_blas_threads and torch.get_num_threads() == torch_before
     # the process goes on: the next call runs normally
     assert run_chunks(lambda x: x + 1, range(5), workers=2) == [1, 2, 3, 4, 5]
@@ -155,11 +162,15 @@ import sys
 import numpy as np
 import convspectra as cs
 
-weight = np.random.default_rng(0).normal(size=(256, 256, 3, 3))
-workers = None if sys.argv[1] == "None" else int(sys.argv[1])
+workers = None if sys.argv[2] == "None" else int(sys.argv[2])
 print("started", flush=True)
 try:
-    cs.singular_values(weight, 256, workers=workers)
+    if sys.argv[1] == "singular_values":  # 256 channels at 256 x 256: minutes of work
+        weight = np.random.default_rng(0).normal(size=(256, 256, 3, 3))
+        cs.singular_values(weight, 256, workers=workers)
+    else:  # 20 rounds of 544 clips of 128 x 128 matrices: half a minute or more
+        weight = np.random.default_rng(0).normal(size=(128, 128, 3, 3))
+        cs.clip_operator_norm(weight, 32, 1.0, iterations=20, workers=workers)
 except KeyboardInterrupt:
     print("interrupted", flush=True)
     raise
@@ -172,10 +183,11 @@ def _limit_memory() -> None:
 
 
 @pytest.mark.parametrize("workers", ["None", "2", "1"])
-def test_ctrl_c_stops_a_long_call_within_a_second(workers):
-    # 256 channels at 256 x 256: minutes of work; the signal comes one second into the call
+@pytest.mark.parametrize("call", ["singular_values", "clip_operator_norm"])
+def test_ctrl_c_stops_a_long_call_within_a_second(call, workers):
+    # the signal comes one second into a call of half a minute or more
     process = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_LONG_CALL), workers],
+        [sys.executable, "-c", textwrap.dedent(_LONG_CALL), call, workers],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
