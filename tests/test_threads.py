@@ -108,6 +108,7 @@ def test_concurrent_singular_values_calls_restore_blas_and_torch_threads(two_bla
 
 
 def test_workers_run_blas_and_torch_single_threaded_and_restore_them(two_blas_threads):
+    suite = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         fresh_before = fresh_thread_torch_threads()
@@ -121,7 +122,7 @@ def test_workers_run_blas_and_torch_single_threaded_and_restore_them(two_blas_th
         assert torch.get_num_threads() == 2 and blas_threads() == two_blas_threads
         assert fresh_thread_torch_threads() == fresh_before
     finally:
-        torch.set_num_threads(1)  # the suite's setting (conftest)
+        torch.set_num_threads(suite)
 
 
 def test_an_exception_in_a_worker_propagates_stops_the_rest_and_restores_the_limits(two_blas_threads):
@@ -210,3 +211,32 @@ def test_ctrl_c_stops_a_long_call_within_a_second(call, workers):
     assert "interrupted" in out and "finished" not in out, (out, err)
     assert process.returncode != 0 and "KeyboardInterrupt" in err
     assert stopped < 1.5, f"stopped {stopped:.2f} s after SIGINT"
+
+
+def test_the_demo_trains_on_one_thread_and_restores_the_settings(two_blas_threads, monkeypatch):
+    pytest.importorskip("sklearn", reason="the demo needs scikit-learn: pip install 'convspectra[demo]'")
+    import convspectra.demo as demo
+
+    seen: list[tuple[int, list[int]]] = []
+    build = demo.digits_cnn
+
+    def recording_cnn() -> torch.nn.Module:
+        model = build()
+        model[0].register_forward_pre_hook(lambda *_: seen.append((torch.get_num_threads(), blas_threads())))
+        return model
+
+    monkeypatch.setattr(demo, "digits_cnn", recording_cnn)
+    suite = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = demo.run_demo(epochs=1)
+        assert result.threads == 1 and result.test_accuracy > 0.5
+        assert seen and set(map(repr, seen)) == {repr((1, [1] * len(blas_threads())))}
+        assert torch.get_num_threads() == 2 and blas_threads()[: len(two_blas_threads)] == two_blas_threads
+        seen.clear()
+        demo.run_demo(epochs=1, threads=None)  # the process's own settings
+        assert {threads for threads, _ in seen} == {2}
+        with pytest.raises(cs.errors.ParameterError, match="threads: expected a positive int, got 0"):
+            demo.run_demo(epochs=1, threads=0)
+    finally:
+        torch.set_num_threads(suite)

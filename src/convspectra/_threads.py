@@ -119,15 +119,16 @@ class _SharedLimit:
     before the first come back (threadpoolctl's limiter records them).
     """
 
-    def __init__(self, user_api: str, refresh: bool) -> None:
-        self.user_api, self.refresh = user_api, refresh
+    def __init__(self, user_api: str) -> None:
+        self.user_api = user_api
         self._lock = threading.Lock()
         self._held: list[int] = []
         self._original: Any = None  # the threadpoolctl limiter made by the first request
 
-    def acquire(self, threads: int) -> None:
+    def acquire(self, threads: int, *, refresh: bool = False) -> None:
+        """Hold a limit of ``threads``; ``refresh``: look again for libraries loaded since the last look."""
         with self._lock:
-            controller = _fresh_controller() if self.refresh and not self._held else _controller()
+            controller = _fresh_controller() if refresh and not self._held else _controller()
             if controller is not None and (not self._held or threads < min(self._held)):
                 with _any_thread_may_set():
                     limiter = controller.limit(limits=threads, user_api=self.user_api)
@@ -188,14 +189,14 @@ class _TorchLimit:
         torch.set_num_threads(previous)
 
 
-_BLAS = _SharedLimit("blas", refresh=False)
-_OPENMP = _SharedLimit("openmp", refresh=True)
+_BLAS = _SharedLimit("blas")
+_OPENMP = _SharedLimit("openmp")
 _TORCH = _TorchLimit()
 
 
 @contextmanager
-def _holding(limit: _SharedLimit, threads: int) -> Iterator[None]:
-    limit.acquire(threads)
+def _holding(limit: _SharedLimit, threads: int, *, refresh: bool = False) -> Iterator[None]:
+    limit.acquire(threads, refresh=refresh)
     try:
         yield
     finally:
@@ -235,7 +236,8 @@ def limit_threads(threads: int | None) -> Iterator[None]:
         yield
         return
     threads = integer("threads", threads)
-    with _torch_holding(threads), _holding(_BLAS, threads), _holding(_OPENMP, threads):
+    # a fresh look at the loaded libraries (torch's OpenMP, SciPy's BLAS may have come since)
+    with _torch_holding(threads), _holding(_BLAS, threads, refresh=True), _holding(_OPENMP, threads, refresh=True):
         yield
 
 
