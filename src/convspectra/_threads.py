@@ -26,11 +26,10 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -242,7 +241,7 @@ def limit_threads(threads: int | None) -> Iterator[None]:
 
 
 def _single_threaded_worker() -> None:
-    """Pool initializer: torch, and a BLAS whose limit is per thread (OpenMP-built OpenBLAS), at one thread in this worker.
+    """Worker set-up: torch, and a BLAS whose limit is per thread (OpenMP-built OpenBLAS), at one thread in this worker.
 
     A process-wide BLAS pool is limited by the caller; these settings go with the worker thread.
     """
@@ -256,20 +255,83 @@ def _single_threaded_worker() -> None:
         torch.set_num_threads(1)
 
 
-def _when_all_done(futures: list[concurrent.futures.Future[Any]], action: Callable[[], None]) -> None:
-    """Run ``action`` once every future in ``futures`` is done (at once when none is left running)."""
-    lock, left = threading.Lock(), [len(futures) + 1]
+class _Workers:
+    """The worker threads of one :func:`run_chunks` call.
 
-    def one_done(_: object = None) -> None:
-        with lock:
-            left[0] -= 1
-            last = left[0] == 0
-        if last:
-            action()
+    Built from a task queue and a result queue rather than ``concurrent.futures``: a
+    KeyboardInterrupt can land anywhere in the calling thread, and inside
+    ``concurrent.futures.wait`` it can leave a future's lock held, after which the worker that
+    finishes that future blocks for ever and the interpreter never exits (seen here). Nothing a
+    worker waits on is ever held by the caller.
+    """
 
-    for future in futures:
-        future.add_done_callback(one_done)
-    one_done()
+    def __init__(self, function: Callable[[Any], Any], items: list[Any], workers: int) -> None:
+        self.function = function
+        self.tasks: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        for task in enumerate(items):
+            self.tasks.put(task)
+        self.results: queue.SimpleQueue[tuple[int, bool, Any]] = queue.SimpleQueue()
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._alive = 0
+        self._handed_over = False  # the caller has gone: the last worker to leave releases BLAS
+        self.count = min(workers, len(items))
+
+    def start(self) -> None:
+        for number in range(self.count):
+            thread = threading.Thread(target=self._work, name=f"convspectra_{number}")
+            with self._lock:
+                self._alive += 1
+            try:
+                thread.start()
+            except BaseException:
+                with self._lock:
+                    self._alive -= 1
+                raise
+
+    def _work(self) -> None:
+        try:
+            _single_threaded_worker()
+            while not self.stop.is_set():
+                try:
+                    index, item = self.tasks.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    self.results.put((index, True, self.function(item)))
+                except BaseException as error:  # noqa: BLE001 - handed to the caller
+                    self.results.put((index, False, error))
+                    self.stop.set()
+        finally:
+            with self._lock:
+                self._alive -= 1
+                last = self._alive == 0 and self._handed_over
+            if last:
+                _BLAS.release(1)
+
+    def collect(self, count: int) -> list[Any]:
+        """The ``count`` results in order; raises the first error a worker reports."""
+        results: list[Any] = [None] * count
+        left = count
+        while left:
+            try:
+                index, ok, value = self.results.get(timeout=_POLL_S)  # short waits: signals get through
+            except queue.Empty:
+                continue
+            if not ok:
+                raise value
+            results[index] = value
+            left -= 1
+        return results
+
+    def abandon(self) -> None:
+        """Stop handing out chunks; BLAS is released now, or by the last running worker when it ends."""
+        with self._lock:
+            self.stop.set()
+            self._handed_over = self._alive > 0
+            now = not self._handed_over
+        if now:
+            _BLAS.release(1)
 
 
 def run_chunks(function: Callable[[T], R], items: Iterable[T], workers: int) -> list[R]:
@@ -277,9 +339,9 @@ def run_chunks(function: Callable[[T], R], items: Iterable[T], workers: int) -> 
 
     BLAS runs single-threaded throughout, and with more than one worker torch does too; both
     are restored on return. An exception in a worker, or a KeyboardInterrupt in the caller,
-    cancels the chunks not started and is raised at once; the chunks already running finish
-    in the background, still single-threaded (BLAS is restored when the last one ends: a
-    restored OpenBLAS pool shared by two running decompositions slows them 40-fold).
+    stops handing out chunks and is raised at once; the chunks already running finish in the
+    background, still single-threaded (BLAS is restored when the last one ends: a restored
+    OpenBLAS pool shared by two running decompositions slows them 40-fold).
     """
     items = list(items)
     if workers <= 1 or len(items) <= 1:  # small per-matrix LAPACK calls: BLAS threads only cost
@@ -287,28 +349,12 @@ def run_chunks(function: Callable[[T], R], items: Iterable[T], workers: int) -> 
             return [function(item) for item in items]
     with _torch_holding(1):
         _BLAS.acquire(1)
-        pool = ThreadPoolExecutor(
-            max_workers=min(workers, len(items)),
-            thread_name_prefix="convspectra",
-            initializer=_single_threaded_worker,
-        )
-        futures: list[concurrent.futures.Future[R]] = []
+        pool = _Workers(function, items, workers)
         try:
-            for item in items:  # one at a time: an interrupt here still sees every submitted future
-                futures.append(pool.submit(function, item))
-            pending = set(futures)
-            while pending:
-                done, pending = concurrent.futures.wait(
-                    pending, timeout=_POLL_S, return_when=concurrent.futures.FIRST_EXCEPTION
-                )
-                for future in done:
-                    error = future.exception()
-                    if error is not None:
-                        raise error
+            pool.start()
+            results = pool.collect(len(items))
         except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            _when_all_done([future for future in futures if not future.done()], lambda: _BLAS.release(1))
+            pool.abandon()
             raise
-        pool.shutdown(wait=True)  # every chunk is done already
         _BLAS.release(1)
-    return [future.result() for future in futures]
+    return results
