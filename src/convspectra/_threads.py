@@ -224,7 +224,7 @@ def single_threaded_blas() -> Iterator[None]:
 
 @contextmanager
 def limit_threads(threads: int | None) -> Iterator[None]:
-    """``threads`` torch intra-op threads and at most ``threads`` BLAS/OpenMP threads inside the block; ``None`` changes nothing.
+    """``threads`` torch intra-op threads, at most ``threads`` BLAS/OpenMP ones, in the block; ``None``: no change.
 
     torch's setting and the BLAS/OpenMP limits are restored when the block ends, also on an
     exception and when blocks in several threads overlap. (Limiting only torch leaves OpenBLAS

@@ -1,8 +1,9 @@
 """The JSON schema of a spectral report, and its check with ``jsonschema``.
 
 :data:`REPORT_SCHEMA` (JSON Schema draft 2020-12) describes :meth:`SpectralReport.to_dict`
-output (``schema_version`` 2: version 1 had no ``error`` per layer and no ``notes``). :func:`validate_report` checks a parsed document against it with
-the ``jsonschema`` package (an optional dependency, in the ``report`` extra). No torch needed.
+output (``schema_version`` 2: version 1 had no ``error`` per layer and no ``notes``).
+:func:`validate_report` checks a parsed document against it with the ``jsonschema`` package
+(an optional dependency, in the ``report`` extra). No torch needed.
 
 Example:
     >>> import json, torch
