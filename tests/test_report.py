@@ -561,7 +561,8 @@ def test_model_padding_columns_are_wired_to_operator_norm_bounds(monkeypatch, tm
     """The "model" columns come from one operator_norm_bounds(padding="module") call per conv and feed the bound."""
     seen = []
 
-    def fake_bounds(module, size, *, padding):
+    def fake_bounds(module, size, *, padding, max_memory):
+        assert max_memory is None  # the default budget (the engine's own)
         seen.append((type(module).__name__, tuple(size), padding, module.weight.dtype))
         return cs.NormBounds(lower=1.5, upper=2.5, value=2.0, converged=len(seen) == 1, method="fake")
 
@@ -573,6 +574,7 @@ def test_model_padding_columns_are_wired_to_operator_norm_bounds(monkeypatch, tm
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, stride=2), nn.Flatten())
     report = spectral_report(model, (2, 8, 8), padding="model", full_spectrum=True)
     assert seen == [("Conv2d", (8, 8), "module", torch.float64), ("Conv2d", (8, 8), "module", torch.float64)]
+    assert report.notes == [] and not any(layer.failed for layer in report.layers)
     for layer in report.layers:
         assert (layer.sigma_max_model_lower, layer.sigma_max_model, layer.sigma_max_model_upper) == (1.5, 2.0, 2.5)
     assert report.layers[0].note is None
@@ -583,3 +585,98 @@ def test_model_padding_columns_are_wired_to_operator_norm_bounds(monkeypatch, tm
     if importlib.util.find_spec("matplotlib") is not None:
         report.plot_sigma_max(tmp_path / "norms.png")
         assert (tmp_path / "norms.png").read_bytes().startswith(b"\x89PNG")
+
+
+# --- one layer never aborts the report (issue 11) ---------------------------------------------
+
+
+def _depthwise_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise: the layer made to fail below
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, stride=2, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+    )
+
+
+def test_a_failing_layer_is_recorded_with_its_error_and_the_others_are_written(monkeypatch, tmp_path):
+    import convspectra.analysis.report as report_module
+
+    engine = report_module.singular_values
+
+    def failing_on_depthwise(weight, input_shape, **kwargs):
+        if kwargs.get("groups", 1) > 1:  # what the depthwise bug of issue 11 raised
+            raise ValueError("cannot reshape array of size 0 into shape (0,newaxis)")
+        return engine(weight, input_shape, **kwargs)
+
+    monkeypatch.setattr(report_module, "singular_values", failing_on_depthwise)
+    model = _depthwise_model()
+    seen: list[str] = []
+    report = spectral_report(model, (3, 8, 8), progress=lambda done, total, name: seen.append(name))
+    assert [layer.name for layer in report.layers] == ["0", "2", "4", "6"] and seen == ["0", "2", "4", "6"]
+    failed = report.layers[1]
+    assert failed.failed and failed.error == "ValueError: cannot reshape array of size 0 into shape (0,newaxis)"
+    assert (failed.type, failed.kind, failed.kernel_shape, failed.input_shape, failed.groups) == (
+        "Conv2d", "conv", (8, 1, 3, 3), (8, 8), 8
+    )
+    assert failed.sigma_max is None and failed.num_singular_values is None and failed.spectrum is None
+    for layer, module in zip([report.layers[i] for i in (0, 2)], [model[0], model[4]], strict=True):
+        assert not layer.failed and layer.error is None
+        assert layer.sigma_max == pytest.approx(float(engine(module.weight.detach().double(), 8,
+                                                              stride=module.stride)[0]), rel=1e-12)
+    assert report.layers[3].sigma_max is not None  # the Linear head
+    assert report.notes == [
+        "layer '2' (Conv2d) failed, its numbers are missing: "
+        "ValueError: cannot reshape array of size 0 into shape (0,newaxis)"
+    ]
+    assert report.network_bound.value is None and "layer 2 has no circular norm (failed: ValueError" in (
+        report.network_bound.description
+    )
+    # every export names the layer and the error, and keeps the other layers
+    document = json.loads(report.to_json(tmp_path / "report.json"))
+    validate_report(document)
+    assert document["schema_version"] == 2 and document["notes"] == report.notes
+    assert [layer["error"] for layer in document["layers"]] == [None, failed.error, None, None]
+    assert [layer["sigma_max"] is None for layer in document["layers"]] == [False, True, False, False]
+    assert json.loads((tmp_path / "report.json").read_text()) == document
+    rows = list(csv.DictReader(io.StringIO(report.to_csv())))
+    assert [row["error"] for row in rows] == ["", failed.error, "", ""] and rows[2]["sigma_max"] != ""
+    table = report.to_table()
+    assert "notes:" in table and report.notes[0] in table
+    assert re.search(r"^\s+1 2 .* - ", table, re.MULTILINE)  # its row is there, with dashes for numbers
+
+
+def test_a_layer_over_the_memory_budget_fails_alone_and_max_memory_reaches_every_layer():
+    # a 1-channel layer at 4096 x 4096 (16.8M singular values, 134 MB of them alone), then a
+    # small one at 8 x 8: a 100 MiB budget refuses the first only
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1), nn.AvgPool2d(512), nn.Conv2d(1, 2, 3, padding=1))
+    report = spectral_report(model, (1, 4096, 4096), max_memory=100 * 2**20)
+    big, small = report.layers
+    assert big.failed and big.error.startswith("MemoryBudgetError: max_memory: ")
+    assert big.sigma_max is None and big.input_shape == (4096, 4096)
+    assert not small.failed and small.input_shape == (8, 8) and small.num_singular_values == 64
+    assert small.sigma_max == pytest.approx(float(cs.singular_values(model[2].weight.detach().double(), 8)[0]))
+    assert len(report.notes) == 1 and "layer '0' (Conv2d) failed" in report.notes[0]
+    validate_report(report.to_dict())
+
+
+def test_the_report_passes_max_memory_to_the_own_padding_norm_and_checks_it_first(monkeypatch):
+    budgets: list[object] = []
+    public = cs.operator_norm_bounds
+
+    def recording(*args, **kwargs):
+        budgets.append(kwargs.get("max_memory"))
+        return public(*args, **kwargs)
+
+    monkeypatch.setattr(cs, "operator_norm_bounds", recording)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1))
+    report = spectral_report(model, (1, 6, 6), padding="model", max_memory=2**30)
+    assert budgets == [2**30] and not report.layers[0].failed and report.notes == []
+    with pytest.raises(ParameterTypeError, match="max_memory: expected a positive int, got 'x'"):
+        spectral_report(model, (1, 6, 6), max_memory="x")
+    with pytest.raises(ParameterError, match="max_memory: expected a positive int, got -1"):
+        spectral_report(model, (1, 6, 6), max_memory=-1)

@@ -324,7 +324,8 @@ def network_bound(model: nn.Module, example: torch.Tensor, layers: Sequence[Any]
     for layer in layers:
         value = layer.norm(padding)
         if value is None:
-            return unavailable(f"layer {layer.name} has no {kind} norm ({layer.note or 'not computed'})")
+            why = f"failed: {layer.error}" if layer.error else layer.note or "not computed"
+            return unavailable(f"layer {layer.name} has no {kind} norm ({why})")
         base = layer.name.split("#")[0]
         norms[base] = max(norms.get(base, 0.0), float(value))
         if layer.folded_batchnorm:

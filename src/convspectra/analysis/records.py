@@ -14,7 +14,7 @@ Example:
     >>> report.to_csv().strip() == ",".join(CSV_COLUMNS)
     True
     >>> report.to_dict()["schema_version"]
-    1
+    2
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .schema import LAYER_FIELDS
 __all__ = ["CSV_COLUMNS", "SCHEMA_VERSION", "LayerReport", "NetworkBound", "SpectralReport"]
 
 #: Version of the JSON layout (see :data:`convspectra.analysis.REPORT_SCHEMA`).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Columns of :meth:`SpectralReport.to_csv`, in order (every scalar field of :class:`LayerReport`).
 CSV_COLUMNS = tuple(name for name in LAYER_FIELDS if name != "spectrum")
@@ -46,7 +46,9 @@ class LayerReport:
     Every ``sigma_*`` is a float, or None where it does not apply (``note`` says why). Shapes are
     tuples of ints: ``kernel_shape`` as PyTorch stores the weight, ``input_shape`` and
     ``output_shape`` the spatial sizes the layer saw (``(features,)`` for Linear). ``spectrum``
-    is the descending array of all circular singular values when requested.
+    is the descending array of all circular singular values when requested. ``error`` is set
+    (the exception's type and message) when the layer's computation failed: its numbers are
+    then all None, and :attr:`SpectralReport.notes` names it (see :attr:`failed`).
     """
 
     index: int
@@ -76,6 +78,12 @@ class LayerReport:
     seconds: float = 0.0
     note: str | None = None
     spectrum: np.ndarray | None = field(default=None, repr=False)
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """Whether the layer's computation failed (its numbers are missing; ``error`` says why)."""
+        return self.error is not None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (tuples as lists, the spectrum as a list or None)."""
@@ -143,6 +151,7 @@ class SpectralReport:
     network_bound: NetworkBound
     seconds: float
     version: str = ""
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self, *, include_spectra: bool = True) -> dict[str, Any]:
         """JSON-ready dict following :data:`~convspectra.analysis.REPORT_SCHEMA` (spectra as null when excluded)."""
@@ -161,6 +170,7 @@ class SpectralReport:
             "seconds": self.seconds,
             "network_bound": self.network_bound.to_dict(),
             "layers": layers,
+            "notes": list(self.notes),
         }
 
     def to_json(
@@ -237,6 +247,7 @@ class SpectralReport:
                 f"{_number(layer.stable_rank, 7, '.2f')} {_number(layer.effective_rank, 8, 'd')}"
             )
         notes = [f"  {layer.name}: {layer.note}" for layer in self.layers if layer.note]
+        notes += [f"  {note}" for note in self.notes]
         if notes:
             lines += ["", "notes:", *notes]
         bound = self.network_bound

@@ -18,6 +18,13 @@ A network-level Lipschitz upper bound is derived from these norms (see
 :mod:`convspectra.analysis.lipschitz`). The rows and their exports are in
 :mod:`convspectra.analysis.records`.
 
+One layer never aborts the report: when a layer's computation fails (any exception, a
+refusal by the memory budget included) its row keeps what the walk knows (name, kind, shapes),
+its numbers are None, ``error`` holds the exception's type and message, and the report's
+``notes`` name it; the other layers are computed as usual. (A quantity that is undefined for a
+layer, such as the circular spectrum when the stride does not divide the input, is a ``note``,
+not a failure.)
+
 Example:
     >>> import torch
     >>> from convspectra.analysis import spectral_report
@@ -43,8 +50,9 @@ from torch import nn
 
 from .._backend import module_geometry
 from .._checks import choice, flag, real
+from .._memory import resolve_budget
 from .._threads import single_threaded_blas
-from ..errors import ConvergenceWarning, ParameterError, ParameterTypeError
+from ..errors import ConvergenceWarning, MemoryBudgetError, ParameterError, ParameterTypeError
 from ..spectrum import singular_values
 from .folding import fold_batchnorm
 from .lipschitz import network_bound
@@ -77,13 +85,15 @@ def _output_shape(module: Any, size: tuple[int, ...], geometry: dict[str, Any]) 
     return tuple(n // s for n, s in zip(size, geometry["stride"], strict=True))
 
 
-def _model_norms(module: Any, size: tuple[int, ...]) -> tuple[float, float, float, str | None]:
+def _model_norms(
+    module: Any, size: tuple[int, ...], max_memory: int | None
+) -> tuple[float, float, float, str | None]:
     """Operator norm with the module's own padding, its certified bracket, and a note if not converged."""
     from .. import operator_norm_bounds  # the public function, looked up when called
 
     with warnings.catch_warnings():  # non-convergence is recorded in the layer's note instead
         warnings.simplefilter("ignore", ConvergenceWarning)
-        bounds = operator_norm_bounds(module, size, padding="module")  # the bracket carries the value
+        bounds = operator_norm_bounds(module, size, padding="module", max_memory=max_memory)  # carries the value
     note = None
     if not bounds.converged:
         note = "own-padding norm: the iterative solver stopped at its budget; sigma_max_model is a lower bound"
@@ -94,8 +104,57 @@ def _joined(*notes: str | None) -> str | None:
     return "; ".join(note for note in notes if note) or None
 
 
+def _error_text(error: BaseException) -> str:
+    """``Type: first line of the message`` (at most 300 characters)."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first[:300]}" if first else type(error).__name__
+
+
+def _failed(index: int, call: LayerCall, error: BaseException, seconds: float) -> LayerReport:
+    """The row of a layer whose computation raised ``error``: what the walk knows, no numbers."""
+    module: Any = call.module
+    linear = isinstance(module, nn.Linear)
+    try:
+        geometry = _LINEAR_GEOMETRY if linear else module_geometry(module)
+        output_shape = _output_shape(module, call.input_shape, geometry)
+        pad_text, pad_mode = _describe_padding(module)
+    except Exception:  # noqa: BLE001 - a module odd enough to fail here still gets its row
+        geometry = {"stride": (), "dilation": (), "groups": 1, "transposed": False}
+        output_shape, pad_text, pad_mode = (), "unknown", "unknown"
+    weight = getattr(module, "weight", None)
+    shape = getattr(weight, "shape", ())
+    return LayerReport(
+        index=index,
+        name=call.name,
+        type=type(module).__name__,
+        kind="linear" if linear else "conv",
+        kernel_shape=tuple(int(s) for s in shape),
+        input_shape=tuple(call.input_shape),
+        output_shape=output_shape,
+        stride=tuple(geometry["stride"]),
+        dilation=tuple(geometry["dilation"]),
+        groups=int(geometry["groups"]),
+        padding=pad_text,
+        padding_mode=pad_mode,
+        transposed=bool(geometry["transposed"]),
+        calls=call.calls,
+        folded_batchnorm=None,
+        seconds=seconds,
+        error=_error_text(error),
+        **dict.fromkeys(SUMMARY_FIELDS),
+    )
+
+
 def _analyse(
-    index: int, call: LayerCall, *, padding: str, fold_bn: bool, full_spectrum: bool, relative_threshold: float
+    index: int,
+    call: LayerCall,
+    *,
+    padding: str,
+    fold_bn: bool,
+    full_spectrum: bool,
+    relative_threshold: float,
+    max_memory: int | None,
 ) -> LayerReport:
     start = time.perf_counter()
     layer: Any = detached_copy(call.module)  # float64 on the CPU: analysis precision, the model is not touched
@@ -116,7 +175,9 @@ def _analyse(
         spectrum = np.linalg.svd(weight, compute_uv=False)
     else:
         try:
-            spectrum = singular_values(weight, call.input_shape, **geometry)
+            spectrum = singular_values(weight, call.input_shape, **geometry, max_memory=max_memory)
+        except MemoryBudgetError:  # defined but not computed: the layer failed (see the module docstring)
+            raise
         except ParameterError as err:  # e.g. a stride that does not divide the input: no circulant operator
             note = _joined(note, f"no circular spectrum: {err}")
     summary = spectrum_summary(spectrum, relative_threshold) if spectrum is not None else dict.fromkeys(SUMMARY_FIELDS)
@@ -125,8 +186,10 @@ def _analyse(
         model_exact = model_lower = model_upper = summary["sigma_max"]
     elif padding == "model":
         try:
-            model_exact, model_lower, model_upper, solver_note = _model_norms(layer, call.input_shape)
+            model_exact, model_lower, model_upper, solver_note = _model_norms(layer, call.input_shape, max_memory)
             note = _joined(note, solver_note)
+        except MemoryBudgetError:
+            raise
         except ParameterError as err:  # e.g. reflect/replicate padding: not a fixed linear map
             note = _joined(note, f"no own-padding norm: {err}")
     return LayerReport(
@@ -164,6 +227,7 @@ def spectral_report(
     full_spectrum: bool = False,
     relative_threshold: float = 1e-3,
     progress: Callable[[int, int, str], None] | None = None,
+    max_memory: int | None = None,
 ) -> SpectralReport:
     """The spectral report of every conv and linear layer of ``model`` (see the module docstring).
 
@@ -180,14 +244,18 @@ def spectral_report(
         full_spectrum: keep each layer's full descending spectrum in the report (``spectrum``).
         relative_threshold: singular values above ``relative_threshold * sigma_max`` count in the
             effective rank.
-        progress: called as ``progress(done, total, layer_name)`` after each layer.
+        progress: called as ``progress(done, total, layer_name)`` after each layer (failed ones too).
+        max_memory: memory budget in bytes of each layer's computation (default
+            :data:`convspectra.DEFAULT_MEMORY_BUDGET`); a layer over it is recorded as failed.
 
     Returns:
-        A :class:`~convspectra.analysis.SpectralReport`.
+        A :class:`~convspectra.analysis.SpectralReport`. A layer whose computation fails does
+        not abort it: see the module docstring.
 
     Raises:
-        ParameterTypeError: ``model`` is not a module, bad ``example_input``.
-        ParameterError: bad ``padding``/``relative_threshold``, or the model fails on the example.
+        ParameterTypeError: ``model`` is not a module, bad ``example_input`` or ``max_memory``.
+        ParameterError: bad ``padding``/``relative_threshold``/``max_memory``, or the model fails
+            on the example.
 
     Example:
         >>> import torch
@@ -203,6 +271,8 @@ def spectral_report(
     fold_bn = flag("fold_bn", fold_bn)
     full_spectrum = flag("full_spectrum", full_spectrum)
     threshold = real("relative_threshold", relative_threshold, minimum=0.0, maximum=1.0, open_above=True)
+    if max_memory is not None:
+        max_memory = resolve_budget(max_memory)  # checked before any work
     if not isinstance(model, nn.Module):
         raise ParameterTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     from .. import __version__
@@ -211,20 +281,26 @@ def spectral_report(
     example = make_example_input(model, example_input)
     calls = collect_layers(model, example)
     layers = []
+    notes: list[str] = []
     # Per-layer LAPACK calls on small matrices lose to OpenBLAS's own threads (3-5x on a loaded
     # 2-core machine); the engine's worker pool, used for large layers, limits them itself.
     with single_threaded_blas():
         for index, call in enumerate(calls):
-            layers.append(
-                _analyse(
+            layer_start = time.perf_counter()
+            try:
+                row = _analyse(
                     index,
                     call,
                     padding=padding,
                     fold_bn=fold_bn,
                     full_spectrum=full_spectrum,
                     relative_threshold=threshold,
+                    max_memory=max_memory,
                 )
-            )
+            except Exception as err:  # noqa: BLE001 - one layer never aborts the report
+                row = _failed(index, call, err, time.perf_counter() - layer_start)
+                notes.append(f"layer {call.name!r} ({row.type}) failed, its numbers are missing: {row.error}")
+            layers.append(row)
             if progress is not None:
                 progress(index + 1, len(calls), call.name)
     bound = network_bound(model, example, layers, padding=padding)
@@ -238,4 +314,5 @@ def spectral_report(
         network_bound=bound,
         seconds=time.perf_counter() - start,
         version=__version__,
+        notes=notes,
     )

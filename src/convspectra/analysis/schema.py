@@ -1,8 +1,9 @@
 """The JSON schema of a spectral report, and its check with ``jsonschema``.
 
 :data:`REPORT_SCHEMA` (JSON Schema draft 2020-12) describes :meth:`SpectralReport.to_dict`
-output (``schema_version`` 1). :func:`validate_report` checks a parsed document against it with
-the ``jsonschema`` package (an optional dependency, in the ``report`` extra). No torch needed.
+output (``schema_version`` 2: version 1 had no ``error`` per layer and no ``notes``).
+:func:`validate_report` checks a parsed document against it with the ``jsonschema`` package
+(an optional dependency, in the ``report`` extra). No torch needed.
 
 Example:
     >>> import json, torch
@@ -10,7 +11,7 @@ Example:
     >>> report = spectral_report(torch.nn.Conv2d(1, 2, 3, padding=1), (1, 8, 8))
     >>> validate_report(json.loads(report.to_json()))
     >>> REPORT_SCHEMA["properties"]["schema_version"]["const"]
-    1
+    2
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ _LAYER: dict[str, Any] = {
         "sigma_max_model_upper": {**_NONNEG_OR_NULL, "description": "certified upper bound"},
         "seconds": {"type": "number", "minimum": 0},
         "note": {"type": ["string", "null"]},
+        "error": {
+            "type": ["string", "null"],
+            "description": "why this layer's numbers are missing: the error of its computation (null: it ran)",
+        },
         "spectrum": {
             "type": ["array", "null"],
             "items": {"type": "number", "minimum": 0},
@@ -84,9 +89,10 @@ REPORT_SCHEMA: dict[str, Any] = {
         "seconds",
         "network_bound",
         "layers",
+        "notes",
     ],
     "properties": {
-        "schema_version": {"const": 1},
+        "schema_version": {"const": 2},
         "convspectra_version": {"type": "string"},
         "model": {"type": "string"},
         "input_shape": {**_INT_LIST, "description": "shape of the example input, batch axis first"},
@@ -105,6 +111,11 @@ REPORT_SCHEMA: dict[str, Any] = {
             },
         },
         "layers": {"type": "array", "items": _LAYER},
+        "notes": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "what went wrong in the report as a whole, e.g. each layer whose computation failed",
+        },
     },
 }
 
@@ -121,7 +132,7 @@ def validate_report(document: Any) -> None:
 
     Example:
         >>> from convspectra.analysis import validate_report
-        >>> validate_report({"schema_version": 1})
+        >>> validate_report({"schema_version": 2})
         Traceback (most recent call last):
         ...
         convspectra.errors.ParameterError: report: 'convspectra_version' is a required property

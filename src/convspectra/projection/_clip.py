@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from typing import Any
 
@@ -30,6 +31,9 @@ __all__ = ["clip", "extremes"]
 
 #: Below this many multiply-adds (sum of p^2 q over the decompositions), the clip stays on one thread.
 _PARALLEL_MIN_WORK = 2 * 10**7
+#: At most about this many multiply-adds per piece of a NumPy clip (~0.1 s of eigh here): a KeyboardInterrupt
+#: waits for the pieces running, never for the whole batch.
+_PIECE_WORK = 10**7
 
 
 def _mh(x: Any) -> Any:
@@ -178,12 +182,18 @@ def clip(t: Any, high: Any, low: Any, band: bool, workers: int) -> tuple[Any, An
         ``(clipped, changed)``: the clipped batch (``t`` itself, or bit-for-bit copies of its
         matrices, where nothing changed) and the ``(N,)`` boolean mask of changed matrices.
     """
-    if not isinstance(t, np.ndarray) or workers <= 1:
+    if not isinstance(t, np.ndarray):
         return _clip_band(t, high, low) if band else _clip_max(t, high)
     p, q = t.shape[1:]
-    if len(t) * min(p, q) ** 2 * max(p, q) < _PARALLEL_MIN_WORK:
+    work = len(t) * min(p, q) ** 2 * max(p, q)
+    if work < _PARALLEL_MIN_WORK:
         workers = 1
-    bounds = np.linspace(0, len(t), 2 * workers + 1 if workers > 1 else 2).astype(int)
+    # pieces of bounded work, so that Ctrl-C is answered between them (LAPACK cannot be
+    # interrupted), and at least two per worker to keep every worker busy
+    pieces = max(math.ceil(work / _PIECE_WORK), 2 * workers if workers > 1 else 1)
+    if pieces <= 1:
+        return _clip_band(t, high, low) if band else _clip_max(t, high)
+    bounds = np.linspace(0, len(t), min(pieces, len(t)) + 1).astype(int)
     ranges = [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
     def part(index_range: tuple[int, int]) -> tuple[Any, Any]:
