@@ -14,6 +14,7 @@ import convspectra as cs
 import convspectra.spectrum as spectrum_module
 from conftest import assert_spectrum_matches, layers, oracle_singular_values, spectrum_tolerance
 from convspectra.baselines import paper_singular_values
+from convspectra.spec import parse_layer
 
 
 @given(layers())
@@ -296,3 +297,95 @@ def test_resnet_sized_layer_matches_the_papers_method(rng):
     np.testing.assert_allclose(ours, paper, rtol=0, atol=1e-12 * paper[0])
     ours32 = cs.singular_values(kernel_hwio.astype(np.float32), 16, layout="HWIO")
     np.testing.assert_allclose(ours32, paper, rtol=0, atol=16 * (64 + 64 + 9) * np.finfo(np.float32).eps * paper[0])
+
+
+# --- extreme scales (issue 11): the kernel is scaled by a power of two before the transform -----
+
+
+def _magnitudes(result):
+    return result.detach().cpu().numpy().astype(np.float64) if hasattr(result, "detach") else result
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "torch-autograd"])
+@given(
+    layer=layers(max_dense=200),
+    exponent=st.floats(-300, 300),
+    negative=st.booleans(),
+)
+def test_spectrum_scales_exactly_over_the_whole_float_range(backend, layer, exponent, negative):
+    """sigma(alpha K) = |alpha| sigma(K) for alpha from 1e-300 to 1e300 (float64) / 1e-30 to 1e30 (float32)."""
+    kernel, input_shape, kwargs = layer
+    single = kernel.dtype == np.float32
+    if single:
+        exponent = exponent / 10
+    alpha = (-1.0 if negative else 1.0) * 10.0**exponent
+    dtype = np.float32 if single else np.float64
+    base = np.asarray(kernel, dtype=np.float64)
+    scaled = (alpha * base).astype(dtype)  # alpha K, rounded once to the kernel's dtype
+    unit = base.astype(dtype)
+
+    def spectrum(weights):
+        if backend == "numpy":
+            return _magnitudes(cs.singular_values(weights, input_shape, **kwargs))
+        tensor = torch.from_numpy(np.ascontiguousarray(weights)).requires_grad_(backend == "torch-autograd")
+        return _magnitudes(cs.singular_values(tensor, input_shape, **kwargs))
+
+    reference = spectrum(unit)
+    ours = spectrum(scaled)
+    assert np.all(np.isfinite(ours)), ours
+    spec, _ = parse_layer(unit, input_shape, **kwargs)
+    p, q = spec.block_shape
+    relative = 1e-12 if not single else 16 * (p + q + math.prod(spec.kernel_size)) * np.finfo(np.float32).eps
+    expected = abs(alpha) * reference
+    atol = relative * abs(alpha) * max(float(reference[0]), np.finfo(np.float64).tiny)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e300, 1e-300, 1e-310])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_one_row_kernel_does_not_overflow_or_underflow(scale, backend, rng):
+    """The issue's case: a one-row kernel (one singular value per frequency) times 1e200 gave inf."""
+    w = rng.normal(size=(1, 1, 1, 3))
+    expected = np.sort(np.abs(np.fft.fft(w[0, 0, 0], 8)))[::-1]  # a 1-row kernel on 8 x 8: |DFT| along the row
+    weights = w * scale
+    if backend == "torch":
+        weights = torch.from_numpy(weights).requires_grad_(True)
+    ours = _magnitudes(cs.singular_values(weights, 8))
+    assert ours.shape == (64,)
+    np.testing.assert_allclose(ours[::8], scale * expected, rtol=1e-12 if scale > 1e-308 else 1e-9)
+
+
+def test_extreme_complex_kernel_and_frequency_spectrum(rng):
+    kernel = rng.normal(size=(3, 2, 2, 2)) + 1j * rng.normal(size=(3, 2, 2, 2))
+    base = cs.frequency_spectrum(kernel, 4)
+    for scale in (2.0**-1000, 1e250):
+        scaled = cs.frequency_spectrum(kernel * scale, 4)
+        np.testing.assert_allclose(scaled.singular_values, scale * base.singular_values, rtol=1e-12)
+        np.testing.assert_allclose(scaled.to_grid(), scale * base.to_grid(), rtol=1e-12)
+
+
+def test_zero_kernel_has_a_zero_spectrum():
+    for kernel in (np.zeros((4, 2, 3, 3)), torch.zeros(4, 2, 3, 3, requires_grad=True), np.zeros((4, 2, 3, 3), np.float32)):
+        values = _magnitudes(cs.singular_values(kernel, 6, stride=2))
+        assert values.shape == (4 * 3 * 3,) and not values.any()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_kernels_are_refused_naming_the_kernel(bad):
+    kernel = np.ones((2, 2, 3, 3))
+    kernel[1, 0, 2, 1] = bad
+    for weights in (kernel, torch.from_numpy(kernel).requires_grad_(True)):
+        with pytest.raises(cs.ParameterError, match=r"^kernel: expected finite values, got 1 NaN or infinite"):
+            cs.singular_values(weights, 8)
+
+
+def test_ordinary_scales_are_not_rescaled():
+    """Only kernels outside the safe range are scaled: results at ordinary scales do not change, bit for bit."""
+    from convspectra.transfer import scale_exponent
+
+    assert scale_exponent(np.array([3.0, -1e-3])) == 0 and scale_exponent(np.zeros(3)) == 0
+    assert scale_exponent(np.array([1e70])) == 0 and scale_exponent(np.array([1e-70])) == 0
+    assert scale_exponent(np.array([1e80])) == math.frexp(1e80)[1]
+    assert scale_exponent(np.array([1e-80 + 0j])) == math.frexp(1e-80)[1]
+    assert scale_exponent(np.array([1e9], np.float32)) == 0 and scale_exponent(np.array([1e10], np.float32)) == 34
+    assert scale_exponent(torch.tensor([1e10])) == 34 and scale_exponent(torch.tensor([1e10], dtype=torch.float64)) == 0

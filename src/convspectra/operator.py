@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MemoryBudgetError
+from ._memory import check_budget, nbytes, resolve_budget
 from .spec import parse_layer
 
 __all__ = ["dense_matrix"]
@@ -70,7 +70,7 @@ def dense_matrix(
     dilation: int | Sequence[int] | None = None,
     groups: int | None = None,
     transposed: bool | None = None,
-    max_memory: int = _DEFAULT_DENSE_BUDGET,
+    max_memory: int | None = _DEFAULT_DENSE_BUDGET,
 ) -> Any:
     """The dense matrix of a wrap-around convolution layer, from PyTorch's convolution.
 
@@ -82,43 +82,48 @@ def dense_matrix(
         input, torch (on the kernel's device) for torch input.
 
     Raises:
-        MemoryBudgetError: the matrix would exceed ``max_memory`` bytes (default 2 GiB).
+        MemoryBudgetError: the matrix and the working arrays of its columns would exceed
+            ``max_memory`` bytes (default 2 GiB; ``None``: the library's default budget). Refused
+            before anything is allocated.
     """
+    budget = resolve_budget(max_memory)
     torch = _torch()
     spec, weight = parse_layer(
         kernel, input_shape, layout=layout, stride=stride, dilation=dilation, groups=groups, transposed=transposed
     )
+    rows, cols = spec.matrix_shape
+    entry = 16 if (weight.is_complex() if isinstance(weight, torch.Tensor) else np.iscomplexobj(weight)) else 8
+    # Dilation acts modulo the grid (tap t lands on dilation * t mod n): the same operator with the
+    # dilation reduced to [1, n] keeps the tiled input short whatever the dilation (2**70 included).
+    dilation_t = tuple((dl - 1) % n + 1 for dl, n in zip(spec.dilation, spec.input_shape, strict=True))
+    axes = zip(spec.stride, spec.output_shape, dilation_t, spec.kernel_size, strict=True)
+    lengths = [s * (m - 1) + dl * (k - 1) + 1 for s, m, dl, k in axes]
+    per_column = entry * (rows + cols + nbytes(spec.in_channels, lengths))  # basis, tiled input, output
+    batch = max(1, (64 * 2**20) // per_column)
+    check_budget(
+        nbytes(rows, cols, entry) + 3 * batch * per_column,
+        budget,
+        f"the dense {rows:,} x {cols:,} matrix",
+        "; this is what the Fourier method avoids",
+    )
     as_numpy = not isinstance(weight, torch.Tensor)
     w = torch.from_numpy(np.ascontiguousarray(weight)) if as_numpy else weight.detach()
     w = w.to(torch.complex128 if w.is_complex() else torch.float64)
-    rows, cols = spec.matrix_shape
-    size = rows * cols * w.element_size()
-    if size > max_memory:
-        raise MemoryBudgetError(
-            f"max_memory: the dense {rows} x {cols} matrix needs {size / 2**30:.2f} GiB, over the budget of "
-            f"{max_memory / 2**30:.2f} GiB; this is what the Fourier method avoids"
-        )
     d = spec.ndim
     conv = getattr(torch.nn.functional, f"conv{d}d")
     conv_t = getattr(torch.nn.functional, f"conv_transpose{d}d")
-    axes = zip(spec.stride, spec.output_shape, spec.dilation, spec.kernel_size, strict=True)
-    lengths = [s * (m - 1) + dl * (k - 1) + 1 for s, m, dl, k in axes]
     reps = [-(-length // n) for length, n in zip(lengths, spec.input_shape, strict=True)]
-    in_size = cols
-    columns = []
-    batch = max(1, (64 * 2**20) // max(1, rows * w.element_size()))
-    for start in range(0, in_size, batch):
-        count = min(batch, in_size - start)
-        basis = torch.zeros(count, in_size, dtype=w.dtype, device=w.device)
+    matrix = torch.empty(rows, cols, dtype=w.dtype, device=w.device)
+    for start in range(0, cols, batch):
+        count = min(batch, cols - start)
+        basis = torch.zeros(count, cols, dtype=w.dtype, device=w.device)
         basis[torch.arange(count), torch.arange(start, start + count)] = 1
         if spec.transposed:  # input: (c_out, *m) of the forward conv; output folded onto n
             y = basis.reshape(count, spec.out_channels, *spec.output_shape)
-            z = conv_t(y, w, stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
+            z = conv_t(y, w, stride=spec.stride, dilation=dilation_t, groups=spec.groups)
             out = _fold(z, spec.input_shape)
         else:
             x = basis.reshape(count, spec.in_channels, *spec.input_shape)
-            out = conv(_tile(x, reps, lengths), w, stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
-        columns.append(out.reshape(count, -1))
-    matrix = torch.cat(columns).T.contiguous()
-    assert matrix.shape == (rows, cols), (matrix.shape, rows, cols)
+            out = conv(_tile(x, reps, lengths), w, stride=spec.stride, dilation=dilation_t, groups=spec.groups)
+        matrix[:, start : start + count] = out.reshape(count, rows).T
     return matrix.cpu().numpy() if as_numpy else matrix

@@ -26,7 +26,7 @@ from ._backend import is_tensor
 from ._memory import DEFAULT_MEMORY_BUDGET, check_budget, resolve_budget
 from ._threads import resolve_workers, run_chunks
 from .spec import ConvSpec, parse_layer
-from .transfer import FrequencyPlan, flat_weight
+from .transfer import FrequencyPlan, flat_weight, power_of_two_scaled, scale_exponent
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "FrequencySpectrum", "frequency_spectrum", "singular_values"]
 
@@ -35,6 +35,17 @@ _CHUNK_BYTES = 8 * 2**20
 
 #: Below this many multiply-adds (sum of p^2 q over the SVDs), work stays on one thread.
 _PARALLEL_MIN_WORK = 2 * 10**7
+
+
+def _itemsize(values: Any) -> int:
+    """Bytes per element of a NumPy array or torch tensor."""
+    return int(values.element_size()) if is_tensor(values) else int(values.dtype.itemsize)
+
+
+def _expansion_bytes(spec: ConvSpec, rows: int, rank: int, itemsize: int) -> int:
+    """What :meth:`FrequencySpectrum.sorted` allocates: the sort of the ``rows x rank`` table (int64 counts
+    and order) and the repeated result."""
+    return spec.num_singular_values * itemsize + rows * rank * (24 + itemsize)
 
 
 @dataclass(frozen=True)
@@ -73,12 +84,19 @@ class FrequencySpectrum:
         """The largest singular value (the operator norm), as a 0-d array of the result's kind."""
         return self.singular_values[:, 0].max()
 
-    def sorted(self) -> Any:
+    def sorted(self, *, max_memory: int | None = None) -> Any:
         """The whole spectrum, each value repeated by its multiplicity, descending.
 
-        This is exactly what :func:`singular_values` returns.
+        This is exactly what :func:`singular_values` returns. ``max_memory`` (bytes, default
+        :data:`DEFAULT_MEMORY_BUDGET`): refuse with :class:`~convspectra.errors.MemoryBudgetError`,
+        before allocating, when the expanded spectrum would not fit.
         """
         values = self.singular_values
+        check_budget(
+            _expansion_bytes(self.spec, values.shape[0], values.shape[1], _itemsize(values)),
+            resolve_budget(max_memory),
+            f"the full spectrum ({self.spec.num_singular_values:,} singular values)",
+        )
         counts = np.repeat(self.multiplicity, values.shape[1])
         if is_tensor(values):
             torch = sys.modules["torch"]
@@ -87,16 +105,22 @@ class FrequencySpectrum:
             repeats = torch.from_numpy(counts).to(flat.device)[order]
             return flat[order].repeat_interleave(repeats)
         flat = values.reshape(-1)
-        order = np.argsort(flat, kind="stable")[::-1]
+        order = np.argsort(flat)[::-1]  # ties hold equal values: any order gives the same result, bit for bit
         return np.repeat(flat[order], counts[order])
 
-    def to_grid(self) -> Any:
+    def to_grid(self, *, max_memory: int | None = None) -> Any:
         """Singular values of every output frequency, ``(*grid_shape, r)``.
 
         Conjugate partners and collapsed axes are filled in, so ``out[g]`` holds the
-        singular values of T(g) for every g.
+        singular values of T(g) for every g. ``max_memory`` as in :meth:`sorted`.
         """
         values = self.singular_values
+        cells = math.prod(self.spec.output_shape) * values.shape[1]
+        check_budget(
+            cells * _itemsize(values) + self.plan.size * values.shape[1] * _itemsize(values) + 16 * self.plan.size,
+            resolve_budget(max_memory),
+            f"the frequency grid ({cells:,} values)",
+        )
         plan_grid = self.plan.grid
         targets = [np.ravel_multi_index(tuple(self.frequencies.T), plan_grid)]
         if self.plan.real:  # T(-g) has the singular values of T(g)
@@ -116,7 +140,7 @@ class FrequencySpectrum:
 def _decompose_numpy(matrices: np.ndarray) -> np.ndarray:
     """Singular values, descending, of a batch ``(B, p, q)`` of matrices."""
     if min(matrices.shape[1:]) == 1:
-        return np.linalg.norm(matrices.reshape(len(matrices), -1), axis=1)[:, None]
+        return np.linalg.norm(matrices.reshape(matrices.shape[0], matrices.shape[1] * matrices.shape[2]), axis=1)[:, None]
     return np.linalg.svd(matrices, compute_uv=False)
 
 
@@ -128,38 +152,46 @@ def _decompose_torch(matrices: Any) -> Any:
 
 
 class _Computation:
-    """One spectrum computation: plan, chunking, memory check, backend choice."""
+    """One spectrum computation: plan, chunking, memory check, scaling, backend choice."""
 
     def __init__(self, spec: ConvSpec, weight: Any, workers: int | None, max_memory: int | None) -> None:
         self.spec = spec
         self.weight = weight
-        self.use_torch = is_tensor(weight) and (
-            weight.device.type != "cpu" or (weight.requires_grad and sys.modules["torch"].is_grad_enabled())
-        )
+        self.budget = resolve_budget(max_memory)
+        torch = sys.modules.get("torch")
+        self.use_torch = is_tensor(weight) and (weight.device.type != "cpu" or (weight.requires_grad and torch.is_grad_enabled()))
+        self.keeps_graph = self.use_torch and weight.requires_grad and torch.is_grad_enabled()
         self.is_complex = bool(weight.is_complex()) if is_tensor(weight) else bool(np.iscomplexobj(weight))
-        self.plan = FrequencyPlan.create(spec, real=not self.is_complex)
+        self.plan = plan = FrequencyPlan.create(spec, real=not self.is_complex)
         self.workers = 1 if self.use_torch else resolve_workers(workers)
-        rows, cols = self.plan.block_shape  # what is decomposed, per group and frequency
-        work = self.plan.count * spec.groups * min(rows, cols) ** 2 * max(rows, cols)
+        rows, cols = plan.block_shape  # what is decomposed, per group and frequency
+        work = plan.count * spec.groups * min(rows, cols) ** 2 * max(rows, cols)
         if work < _PARALLEL_MIN_WORK:  # a few milliseconds: threads would cost more than they save
             self.workers = 1
-        self.budget = resolve_budget(max_memory)
         single = weight.dtype in (np.float32, np.complex64) or str(weight.dtype) in ("torch.float32", "torch.complex64")
         self.real_itemsize = 4 if single else 8
         self.rank = min(spec.block_shape) * spec.groups  # singular values per frequency
-        self.bytes_per_frequency = 2 * self.real_itemsize * rows * cols * spec.groups
+        # Bytes per frequency: its transfer matrices (complex), and its rows of the phase table (complex128
+        # with the int64 steps and the looked-up roots beside it). A chunk holds about _CHUNK_BYTES of the larger.
+        self.matrix_bytes = 2 * self.real_itemsize * rows * cols * spec.groups
+        self.phase_bytes = 48 * plan.aliases * math.prod(spec.kernel_size)
+        self.per_chunk = max(1, _CHUNK_BYTES // max(self.matrix_bytes, self.phase_bytes))
+        if self.workers > 1:  # enough chunks to keep every worker busy
+            self.per_chunk = max(1, min(self.per_chunk, -(-plan.count // (8 * self.workers))))
 
     def check_memory(self, *, expanded: bool) -> None:
-        """Refuse, with the estimate, a request that would exceed the budget."""
-        plan = self.plan
-        per_chunk = max(1, _CHUNK_BYTES // self.bytes_per_frequency)
-        working = min(self.workers, len(plan.chunks(per_chunk))) * 3 * per_chunk * self.bytes_per_frequency
-        table = plan.count * (self.rank * self.real_itemsize + 24)
-        total = working + table
+        """Refuse, with the estimate, a request that would exceed the budget (integer arithmetic only)."""
+        plan, spec = self.plan, self.spec
+        concurrent = min(plan.count, self.workers * self.per_chunk)  # frequencies in flight at once
+        index_bytes = 32 * (3 + 2 * spec.ndim)  # representatives(): two indices per frequency at most
+        total = concurrent * (3 * self.matrix_bytes + self.phase_bytes + index_bytes)
+        total += plan.count * (self.rank * self.real_itemsize + 8 * (spec.ndim + 1))  # the FrequencySpectrum
+        if self.keeps_graph:  # autograd keeps every chunk's phases, matrices and factors until backward
+            total += plan.count * (self.phase_bytes // 3 + 3 * self.matrix_bytes)
         if expanded:
-            total += self.spec.num_singular_values * (2 * self.real_itemsize + 16)
+            total += _expansion_bytes(spec, plan.count, self.rank, self.real_itemsize)
         what = (
-            f"{self.spec.num_singular_values:,} singular values"
+            f"{spec.num_singular_values:,} singular values"
             if expanded
             else f"{plan.count:,} frequencies x {self.rank} singular values"
         )
@@ -168,23 +200,24 @@ class _Computation:
 
     def run(self) -> FrequencySpectrum:
         plan = self.plan
-        per_chunk = max(1, _CHUNK_BYTES // self.bytes_per_frequency)
-        if not self.use_torch and self.workers > 1:  # enough chunks to keep every worker busy
-            per_chunk = max(1, min(per_chunk, math.ceil(plan.count / (8 * self.workers))))
-        ranges = plan.chunks(per_chunk)
+        ranges = plan.chunks(self.per_chunk)  # lazy
         if self.use_torch:
             flat = flat_weight(self.weight)
+            exponent = scale_exponent(flat)
+            flat = power_of_two_scaled(flat, -exponent)
             parts = [self._chunk_torch(flat, r) for r in ranges]
             values = sys.modules["torch"].cat([p[0] for p in parts])
         else:
             weight = self.weight.detach().cpu().numpy() if is_tensor(self.weight) else self.weight
             flat = flat_weight(weight)
+            exponent = scale_exponent(flat)
+            flat = power_of_two_scaled(flat, -exponent)
             parts = run_chunks(lambda r: self._chunk_numpy(flat, r), ranges, self.workers)
             values = np.concatenate([p[0] for p in parts])
             if is_tensor(self.weight):
                 values = sys.modules["torch"].from_numpy(values)
         return FrequencySpectrum(
-            singular_values=values,
+            singular_values=power_of_two_scaled(values, exponent),
             frequencies=np.concatenate([p[1] for p in parts]),
             multiplicity=np.concatenate([p[2] for p in parts]),
             plan=plan,

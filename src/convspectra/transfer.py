@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +60,7 @@ import numpy as np
 from ._backend import is_tensor
 from .spec import ConvSpec
 
-__all__ = ["FrequencyPlan", "Support", "flat_weight"]
+__all__ = ["ChunkRanges", "FrequencyPlan", "Support", "flat_weight", "power_of_two_scaled", "scale_exponent"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,6 +195,16 @@ class FrequencyPlan:
         frequency ``g + j * grid`` is folded onto the output frequency ``g``."""
         return np.stack(np.unravel_index(np.arange(self.aliases), self.stride), axis=1).astype(np.int64)
 
+    def dilated_offsets(self) -> np.ndarray:
+        """``(taps, d)`` int64: the taps' offsets ``dilation * t mod n`` on :attr:`input_grid`, row-major tap order.
+
+        Reduced in Python integers first, so any dilation (``2**70`` included) gives the exact offset.
+        """
+        taps = self.tap_offsets()
+        axes = zip(self.spec.dilation, self.input_grid, self.spec.kernel_size, strict=True)
+        columns = [(taps[:, axis] * ((dilation % n) if k > 1 else 0)) % n for axis, (dilation, n, k) in enumerate(axes)]
+        return np.stack(columns, axis=1).astype(np.int64) if columns else taps
+
     def support(self) -> Support:
         """The distinct offsets ``dilation * t mod n`` of the taps on :attr:`input_grid`.
 
@@ -206,9 +217,7 @@ class FrequencyPlan:
             >>> support.positions.ravel().tolist(), support.tap_to_position.tolist(), support.counts.tolist()
             ([0, 1, 2], [0, 1, 2, 0, 1], [2, 2, 1])
         """
-        offsets = (self.tap_offsets() * np.asarray(self.spec.dilation, dtype=np.int64)) % np.asarray(
-            self.input_grid, dtype=np.int64
-        )
+        offsets = self.dilated_offsets()
         unique, tap_to_position, counts = np.unique(offsets, axis=0, return_inverse=True, return_counts=True)
         if len(unique) == len(offsets):  # no collision: keep the taps' order
             return Support(offsets, np.arange(len(offsets), dtype=np.int64), np.ones(len(offsets), dtype=np.int64))
@@ -232,10 +241,72 @@ class FrequencyPlan:
         multiplicity = np.where(index[keep] < partner[keep], 2, 1) * self.collapsed_multiplicity
         return freqs[keep], multiplicity.astype(np.int64)
 
-    def chunks(self, per_chunk: int) -> list[tuple[int, int]]:
-        """Row-major index ranges holding about ``per_chunk`` representatives each."""
-        step = max(1, per_chunk) * (2 if self.real else 1)
-        return [(start, min(self.size, start + step)) for start in range(0, self.size, step)]
+    def count_before(self, index: int) -> int:
+        """How many representatives (see :meth:`representatives`) have row-major index ``< index``.
+
+        Pure integer arithmetic, ``O(d)``, whatever the grid's size: a frequency ``g`` represents
+        its class when ``g <= -g`` in row-major (lexicographic) order.
+
+        Example:
+            >>> from convspectra.spec import parse_layer
+            >>> plan = FrequencyPlan.create(parse_layer(np.ones((1, 1, 3, 3)), 6)[0], real=True)
+            >>> [plan.count_before(i) for i in (0, 6, 18, 36)], plan.count
+            ([0, 4, 16, 20], 20)
+        """
+        index = int(index)
+        if index <= 0:
+            return 0
+        if index >= self.size:
+            return self.count
+        if not self.real:
+            return index
+        coords = []
+        for m in reversed(self.grid):
+            index, coord = divmod(index, m)
+            coords.append(coord)
+        coords.reverse()
+        total, decided = 0, None  # decided: None while the prefix equals its conjugate, else prefix < conjugate
+        for axis, (g, m) in enumerate(zip(coords, self.grid, strict=True)):
+            rest = math.prod(self.grid[axis + 1 :])
+            if decided is None:  # h_axis < g: below its conjugate (all of the rest counts), self-conjugate, or above
+                below = max(0, min(g - 1, (m - 1) // 2))
+                self_conjugate = (1 if g > 0 else 0) + (1 if m % 2 == 0 and m // 2 < g else 0)
+                total += below * rest + self_conjugate * _pair_count(self.grid[axis + 1 :])
+                if (2 * g) % m:
+                    decided = 2 * g < m
+            elif decided:
+                total += g * rest
+        return total
+
+    def index_of(self, rank: int) -> int:
+        """Row-major index of the ``rank``-th representative (0-based, ``0 <= rank < count``), by bisection
+        on :meth:`count_before`."""
+        low, high = int(rank), self.size - 1  # the answer is in [rank, size - 1]
+        while low < high:
+            middle = (low + high) // 2
+            if self.count_before(middle + 1) > rank:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    def chunks(self, per_chunk: int) -> ChunkRanges:
+        """Row-major index ranges holding at most ``per_chunk`` representatives each, none empty.
+
+        Lazy: the ranges are computed while iterating (a few integer operations each), so
+        planning a request never allocates in proportion to the grid. Each range starts at a
+        representative and spans at most ``2 * per_chunk`` indices (which bounds the index
+        arrays of :meth:`representatives`); ``.bound`` is an upper bound on their number, arithmetically.
+
+        Example:
+            >>> from convspectra.spec import parse_layer
+            >>> plan = FrequencyPlan.create(parse_layer(np.ones((1, 1, 3, 3)), 6)[0], real=True)
+            >>> list(plan.chunks(8))
+            [(0, 10), (10, 18), (18, 22)]
+            >>> [len(plan.representatives(*r)[0]) for r in plan.chunks(8)]
+            [8, 8, 4]
+        """
+        return ChunkRanges(self, max(1, int(per_chunk)))
 
     def phases(self, freqs: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
         """Phase table ``(B * aliases, P)`` complex128, scaled by S^(-1/2).
@@ -248,26 +319,32 @@ class FrequencyPlan:
         Args:
             freqs: ``(B, d)`` int64 output frequencies (grid coordinates).
             offsets: ``(P, d)`` integer offsets on the input grid; default the dilated taps
-                ``dilation * t`` in row-major tap order (``P = taps``), e.g.
+                ``dilation * t mod n`` (:meth:`dilated_offsets`) in row-major tap order (``P = taps``), e.g.
                 ``support().positions`` for the distinct offsets of the support.
 
         Returns:
             The table; column ``p`` belongs to ``offsets[p]``.
         """
-        if offsets is None:
-            offsets = self.tap_offsets() * np.asarray(self.spec.dilation, dtype=np.int64)
-        offsets = np.asarray(offsets, dtype=np.int64)
+        offsets = self.dilated_offsets() if offsets is None else np.asarray(offsets, dtype=np.int64)
         aliases = self.alias_shifts()
         grid = np.asarray(self.grid, dtype=np.int64)
         n = np.asarray(self.input_grid, dtype=np.int64)
-        f = freqs[:, None, :] + aliases[None, :, :] * grid  # (B, S, d)
+        f = freqs[:, None, :] + aliases[None, :, :] * grid  # (B, S, d), 0 <= f < n
         phases = np.full((f.shape[0], f.shape[1], len(offsets)), 1 / math.sqrt(self.aliases), dtype=np.complex128)
-        for axis in range(self.spec.ndim):  # exact integer reduction, then a lookup of the n-th roots of unity
-            if not offsets[:, axis].any():
+        for axis in range(self.spec.ndim):  # exact integer reduction, then the n-th roots of unity
+            size = int(n[axis])
+            r = offsets[:, axis] % size
+            if not r.any():
                 continue  # every offset 0 on this axis (a single tap): phase 1
-            step = (f[..., axis, None] * offsets[:, axis]) % n[axis]
-            roots = np.exp((2j * np.pi / n[axis]) * np.arange(n[axis]))
-            phases *= roots[step]
+            fa = f[..., axis, None]
+            if size <= _EXACT_INT64_SIDE:  # f * r < n^2 fits in int64
+                step = (fa * r) % size
+            else:  # n^2 would overflow int64: reduce the product in Python integers
+                step = ((fa.astype(object) * r.astype(object)) % size).astype(np.int64)
+            if size <= step.size:  # a lookup table of the roots is cheaper than one exp per entry
+                phases *= np.exp((2j * np.pi / size) * np.arange(size))[step]
+            else:  # the same expression per entry: the same bits, without a table of n roots
+                phases *= np.exp((2j * np.pi / size) * step)
         return phases.reshape(-1, len(offsets))
 
     def block_layout(self, matrices: Any, batch: int) -> Any:
@@ -303,6 +380,46 @@ class FrequencyPlan:
         return self.block_layout(phases @ flat, len(freqs))
 
 
+#: Largest side for which ``f * r`` (both ``< n``) cannot overflow int64.
+_EXACT_INT64_SIDE = 3 * 10**9
+
+
+def _pair_count(grid: tuple[int, ...]) -> int:
+    """Conjugate classes of a full grid: ``(size + self-conjugate points) / 2``."""
+    return (math.prod(grid) + math.prod(2 if m % 2 == 0 else 1 for m in grid)) // 2
+
+
+@dataclass(frozen=True)
+class ChunkRanges:
+    """The lazy sequence of index ranges of :meth:`FrequencyPlan.chunks`."""
+
+    plan: FrequencyPlan
+    per_chunk: int
+
+    @property
+    def bound(self) -> int:
+        """An upper bound on the number of ranges, a Python int (exact unless a range is cut at ``2 * per_chunk``
+        indices). There is no ``len()``: the number can exceed what an index holds."""
+        count = self.plan.count
+        if not self.plan.real:
+            return -(-count // self.per_chunk)
+        return -(-count // self.per_chunk) + -(-self.plan.size // (2 * self.per_chunk))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        plan, per_chunk = self.plan, self.per_chunk
+        if not plan.real:
+            for start in range(0, plan.size, per_chunk):
+                yield start, min(plan.size, start + per_chunk)
+            return
+        done, count = 0, plan.count
+        while done < count:
+            start = plan.index_of(done)
+            last = plan.index_of(min(done + per_chunk, count) - 1) if start + 1 < plan.size else start
+            stop = min(last + 1, start + 2 * per_chunk)
+            yield start, stop
+            done = plan.count_before(stop)
+
+
 def flat_weight(weight: Any) -> Any:
     """(O, I/G, k...) -> (taps, O * I/G) complex, rows in row-major tap order.
 
@@ -316,3 +433,58 @@ def flat_weight(weight: Any) -> Any:
         return flat.to(torch.complex64 if single else torch.complex128).contiguous()
     single = flat.dtype in (np.float32, np.complex64)
     return np.ascontiguousarray(flat, dtype=np.complex64 if single else np.complex128)
+
+
+def scale_exponent(array: Any) -> int:
+    """The power of two to divide ``array`` by before squaring sums of its entries, 0 when none is needed.
+
+    With ``e`` the binary exponent of the largest ``|entry|`` (``max = f * 2**e``, ``0.5 <= f < 1``),
+    returns ``e`` when it lies outside a safe range (``|e| > maxexp / 4`` of the real dtype: beyond
+    about 1e77 or below 1e-77 in float64, 4e9 / 2e-10 in float32), where sums of squares could
+    overflow or underflow; else 0, so results at ordinary scales are untouched, bit for bit.
+    Scaling by a power of two is exact. Works on NumPy arrays and torch tensors (real or complex).
+
+    Example:
+        >>> scale_exponent(np.array([3.0, -1e-3])), scale_exponent(np.array([1e200, 1.0]))
+        (0, 665)
+    """
+    if is_tensor(array):
+        torch = sys.modules["torch"]
+        real = torch.view_as_real(array.detach()) if array.is_complex() else array.detach()
+        if real.numel() == 0:
+            return 0
+        largest = float(real.abs().max().item())
+        maxexp = math.frexp(torch.finfo(real.dtype).max)[1]
+    else:
+        real = array.view(array.real.dtype) if np.iscomplexobj(array) and array.flags.c_contiguous else array
+        if real.size == 0:
+            return 0
+        largest = float(np.abs(real).max())
+        maxexp = np.finfo(real.dtype).maxexp
+    if not math.isfinite(largest) or largest == 0:
+        return 0
+    exponent = math.frexp(largest)[1]
+    return exponent if abs(exponent) > maxexp // 4 else 0
+
+
+def power_of_two_scaled(array: Any, exponent: int) -> Any:
+    """``array * 2**exponent``, exact (no intermediate overflow), NumPy or torch, real or complex; keeps autograd.
+
+    ``exponent == 0`` returns ``array`` itself.
+
+    Example:
+        >>> big = power_of_two_scaled(np.array([0.75, -1.5j]), 1023)   # 2.0**1023 * 2 overflows
+        >>> bool(big[0] == 0.75 * 2.0**1000 * 2.0**23), bool(big[1].imag == -1.5 * 2.0**1000 * 2.0**23)
+        (True, True)
+    """
+    if not exponent:
+        return array
+    if not is_tensor(array):  # one exact ldexp (a single rounding, also into subnormals)
+        if np.iscomplexobj(array):
+            array = np.ascontiguousarray(array)
+            return np.ldexp(array.view(array.real.dtype), exponent).view(array.dtype)
+        return np.ldexp(array, exponent)
+    first = exponent // 2
+    for step in (first, exponent - first):  # each factor 2**step is representable in the tensor's dtype
+        array = array * 2.0**step
+    return array
