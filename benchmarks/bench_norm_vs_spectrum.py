@@ -34,7 +34,7 @@ import convspectra as cs
 from convspectra._threads import limit_threads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_singular_values import machine  # noqa: E402
+from bench_singular_values import machine
 
 
 def resnet50_layers() -> list[tuple[int, int, int, int, int]]:

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import convspectra as cs
 from convspectra._memory import frequency_count, frequency_grid_bytes, nbytes, resolve_budget
 from convspectra.operator import dense_matrix
+from convspectra.spec import MAX_DILATION
 
 SECONDS = 0.1
 PEAK_BYTES = 50 * 2**20
@@ -80,7 +81,7 @@ def huge_requests(draw):
         k = tuple(max(1, ki // 2) for ki in k)
     stride = tuple(draw(st.sampled_from([1, 2, 4])) for _ in range(d))
     n = tuple(draw(st.sampled_from([2**20, 3 * 2**20, 2**30, 2**40])) for _ in range(d))
-    dilation = tuple(draw(st.sampled_from([1, 2, 24, 2**70])) for _ in range(d))
+    dilation = tuple(draw(st.sampled_from([1, 2, 24, MAX_DILATION])) for _ in range(d))
     transposed = draw(st.booleans())
     kernel = np.random.default_rng(0).normal(size=(out, in_per_group, *k))
     kwargs = dict(stride=stride, dilation=dilation, groups=groups, transposed=transposed, max_memory=BUDGET)
@@ -204,7 +205,7 @@ _TORCH_SCRIPT = textwrap.dedent(
         (torch.randn(512, 512, 3, 3), 8192, {}),  # CPU tensor without grad: the NumPy path
         (torch.randn(4096, 1, 5, 5, dtype=torch.float64, requires_grad=True), (2**40, 2**20), {"groups": 4096, "stride": 2}),
         (torch.randn(64, 4, 2, 2, requires_grad=True), 2**20, {"transposed": True, "stride": 2, "max_memory": 2**20}),
-        (torch.randn(16, 16, 3, 3, 3, requires_grad=True), 2**20, {"dilation": 2**70}),
+        (torch.randn(16, 16, 3, 3, 3, requires_grad=True), 2**20, {"dilation": 2**31 - 1}),
     ]
     with open("/proc/self/status") as status:
         vm = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))

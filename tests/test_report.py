@@ -621,13 +621,18 @@ def test_a_failing_layer_is_recorded_with_its_error_and_the_others_are_written(m
     failed = report.layers[1]
     assert failed.failed and failed.error == "ValueError: cannot reshape array of size 0 into shape (0,newaxis)"
     assert (failed.type, failed.kind, failed.kernel_shape, failed.input_shape, failed.groups) == (
-        "Conv2d", "conv", (8, 1, 3, 3), (8, 8), 8
+        "Conv2d",
+        "conv",
+        (8, 1, 3, 3),
+        (8, 8),
+        8,
     )
     assert failed.sigma_max is None and failed.num_singular_values is None and failed.spectrum is None
     for layer, module in zip([report.layers[i] for i in (0, 2)], [model[0], model[4]], strict=True):
         assert not layer.failed and layer.error is None
-        assert layer.sigma_max == pytest.approx(float(engine(module.weight.detach().double(), 8,
-                                                              stride=module.stride)[0]), rel=1e-12)
+        assert layer.sigma_max == pytest.approx(
+            float(engine(module.weight.detach().double(), 8, stride=module.stride)[0]), rel=1e-12
+        )
     assert report.layers[3].sigma_max is not None  # the Linear head
     assert report.notes == [
         "layer '2' (Conv2d) failed, its numbers are missing: "

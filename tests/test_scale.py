@@ -431,22 +431,7 @@ def test_all_singular_values_numpy_and_torch_match_the_reference(layer, referenc
     np.testing.assert_allclose(on_torch.detach().cpu().numpy(), ours, rtol=0, atol=atol)
 
 
-def _with_known_bracket_bug(cases):
-    """The issue's "lower end is half the value" bug (norm/, the values engineer's area): on a strided layer whose
-    kernel has a single tap along an axis, operator_norm_bounds(...).lower is 0.5 of the exact value."""
-    for case in cases:
-        layer = case.values[0]
-        if layer.stride > 1 and (layer.k == 1 or layer.k > _geometry(layer)[0][0]):
-            reason = (
-                "norm/: operator_norm_bounds(...).lower is 0.4-0.5 of the exact value on a strided layer whose "
-                "kernel has a single tap or wraps around the grid (issue 11, 'lower end is half the value')"
-            )
-            yield pytest.param(*case.values, id=case.id, marks=(*case.marks, pytest.mark.xfail(strict=True, reason=reason)))
-        else:
-            yield case
-
-
-@pytest.mark.parametrize("layer", list(_with_known_bracket_bug(CASES)))
+@pytest.mark.parametrize("layer", CASES)
 def test_operator_norm_and_its_bracket_match_the_reference(layer, references):
     kernel = _kernel(layer)
     sigma = references(layer)[0]

@@ -93,7 +93,7 @@ def test_concurrent_singular_values_calls_restore_blas_and_torch_threads(two_bla
             for _ in range(15):
                 np.testing.assert_array_equal(cs.singular_values(small, 8, workers=workers), expected[0])
             np.testing.assert_array_equal(cs.singular_values(large, 48, workers=workers), expected[1])
-        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+        except BaseException as error:
             errors.append(error)
 
     threads = [threading.Thread(target=calls) for _ in range(2)]

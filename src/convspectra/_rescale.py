@@ -28,7 +28,7 @@ import numpy as np
 
 from ._backend import is_tensor
 
-__all__ = ["exponent_of", "scale_down", "scale_up"]
+__all__ = ["exponent_of", "extreme_exponent", "scale_down", "scale_up"]
 
 
 def exponent_of(array: Any) -> int:
@@ -54,6 +54,25 @@ def exponent_of(array: Any) -> int:
     if peak == 0.0 or not np.isfinite(peak):
         return 0
     return int(np.frexp(peak)[1])
+
+
+def extreme_exponent(array: Any) -> int:
+    """:func:`exponent_of` when it lies outside the safe range of ``array``'s real dtype, else 0.
+
+    Safe: ``|e| <= maxexp / 4`` (about 1e-77 to 1e77 in float64, 2e-10 to 4e9 in float32), where
+    sums of squares of the entries can neither overflow nor underflow; a computation that only
+    rescales kernels outside it leaves results at ordinary scales untouched, bit for bit.
+
+    Example:
+        >>> extreme_exponent(np.array([3.0, -1e-3])), extreme_exponent(np.array([1e200, 1.0]))
+        (0, 665)
+    """
+    exponent = exponent_of(array)
+    if is_tensor(array):
+        maxexp = int(np.frexp(sys.modules["torch"].finfo(array.dtype).max)[1])
+    else:
+        maxexp = np.finfo(np.asarray(array).real.dtype).maxexp
+    return exponent if abs(exponent) > maxexp // 4 else 0
 
 
 def _factors(e: int) -> tuple[float, float]:

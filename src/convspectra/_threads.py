@@ -299,7 +299,7 @@ class _Workers:
                     break
                 try:
                     self.results.put((index, True, self.function(item)))
-                except BaseException as error:  # noqa: BLE001 - handed to the caller
+                except BaseException as error:
                     self.results.put((index, False, error))
                     self.stop.set()
         finally:

@@ -24,9 +24,10 @@ import numpy as np
 
 from ._backend import is_tensor
 from ._memory import DEFAULT_MEMORY_BUDGET, check_budget, resolve_budget
+from ._rescale import extreme_exponent, scale_down, scale_up
 from ._threads import resolve_workers, run_chunks
 from .spec import ConvSpec, parse_layer
-from .transfer import FrequencyPlan, flat_weight, power_of_two_scaled, scale_exponent
+from .transfer import FrequencyPlan, flat_weight
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "FrequencySpectrum", "frequency_spectrum", "singular_values"]
 
@@ -140,7 +141,9 @@ class FrequencySpectrum:
 def _decompose_numpy(matrices: np.ndarray) -> np.ndarray:
     """Singular values, descending, of a batch ``(B, p, q)`` of matrices."""
     if min(matrices.shape[1:]) == 1:
-        return np.linalg.norm(matrices.reshape(matrices.shape[0], matrices.shape[1] * matrices.shape[2]), axis=1)[:, None]
+        return np.linalg.norm(matrices.reshape(matrices.shape[0], matrices.shape[1] * matrices.shape[2]), axis=1)[
+            :, None
+        ]
     return np.linalg.svd(matrices, compute_uv=False)
 
 
@@ -159,7 +162,9 @@ class _Computation:
         self.weight = weight
         self.budget = resolve_budget(max_memory)
         torch = sys.modules.get("torch")
-        self.use_torch = is_tensor(weight) and (weight.device.type != "cpu" or (weight.requires_grad and torch.is_grad_enabled()))
+        self.use_torch = is_tensor(weight) and (
+            weight.device.type != "cpu" or (weight.requires_grad and torch.is_grad_enabled())
+        )
         self.keeps_graph = self.use_torch and weight.requires_grad and torch.is_grad_enabled()
         self.is_complex = bool(weight.is_complex()) if is_tensor(weight) else bool(np.iscomplexobj(weight))
         self.plan = plan = FrequencyPlan.create(spec, real=not self.is_complex)
@@ -203,21 +208,21 @@ class _Computation:
         ranges = plan.chunks(self.per_chunk)  # lazy
         if self.use_torch:
             flat = flat_weight(self.weight)
-            exponent = scale_exponent(flat)
-            flat = power_of_two_scaled(flat, -exponent)
+            exponent = extreme_exponent(flat)
+            flat = scale_down(flat, exponent)
             parts = [self._chunk_torch(flat, r) for r in ranges]
             values = sys.modules["torch"].cat([p[0] for p in parts])
         else:
             weight = self.weight.detach().cpu().numpy() if is_tensor(self.weight) else self.weight
             flat = flat_weight(weight)
-            exponent = scale_exponent(flat)
-            flat = power_of_two_scaled(flat, -exponent)
+            exponent = extreme_exponent(flat)
+            flat = scale_down(flat, exponent)
             parts = run_chunks(lambda r: self._chunk_numpy(flat, r), ranges, self.workers)
             values = np.concatenate([p[0] for p in parts])
             if is_tensor(self.weight):
                 values = sys.modules["torch"].from_numpy(values)
         return FrequencySpectrum(
-            singular_values=power_of_two_scaled(values, exponent),
+            singular_values=scale_up(values, exponent),
             frequencies=np.concatenate([p[1] for p in parts]),
             multiplicity=np.concatenate([p[2] for p in parts]),
             plan=plan,

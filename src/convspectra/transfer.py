@@ -60,7 +60,7 @@ import numpy as np
 from ._backend import is_tensor
 from .spec import ConvSpec
 
-__all__ = ["ChunkRanges", "FrequencyPlan", "Support", "flat_weight", "power_of_two_scaled", "scale_exponent"]
+__all__ = ["ChunkRanges", "FrequencyPlan", "Support", "flat_weight"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -433,58 +433,3 @@ def flat_weight(weight: Any) -> Any:
         return flat.to(torch.complex64 if single else torch.complex128).contiguous()
     single = flat.dtype in (np.float32, np.complex64)
     return np.ascontiguousarray(flat, dtype=np.complex64 if single else np.complex128)
-
-
-def scale_exponent(array: Any) -> int:
-    """The power of two to divide ``array`` by before squaring sums of its entries, 0 when none is needed.
-
-    With ``e`` the binary exponent of the largest ``|entry|`` (``max = f * 2**e``, ``0.5 <= f < 1``),
-    returns ``e`` when it lies outside a safe range (``|e| > maxexp / 4`` of the real dtype: beyond
-    about 1e77 or below 1e-77 in float64, 4e9 / 2e-10 in float32), where sums of squares could
-    overflow or underflow; else 0, so results at ordinary scales are untouched, bit for bit.
-    Scaling by a power of two is exact. Works on NumPy arrays and torch tensors (real or complex).
-
-    Example:
-        >>> scale_exponent(np.array([3.0, -1e-3])), scale_exponent(np.array([1e200, 1.0]))
-        (0, 665)
-    """
-    if is_tensor(array):
-        torch = sys.modules["torch"]
-        real = torch.view_as_real(array.detach()) if array.is_complex() else array.detach()
-        if real.numel() == 0:
-            return 0
-        largest = float(real.abs().max().item())
-        maxexp = math.frexp(torch.finfo(real.dtype).max)[1]
-    else:
-        real = array.view(array.real.dtype) if np.iscomplexobj(array) and array.flags.c_contiguous else array
-        if real.size == 0:
-            return 0
-        largest = float(np.abs(real).max())
-        maxexp = np.finfo(real.dtype).maxexp
-    if not math.isfinite(largest) or largest == 0:
-        return 0
-    exponent = math.frexp(largest)[1]
-    return exponent if abs(exponent) > maxexp // 4 else 0
-
-
-def power_of_two_scaled(array: Any, exponent: int) -> Any:
-    """``array * 2**exponent``, exact (no intermediate overflow), NumPy or torch, real or complex; keeps autograd.
-
-    ``exponent == 0`` returns ``array`` itself.
-
-    Example:
-        >>> big = power_of_two_scaled(np.array([0.75, -1.5j]), 1023)   # 2.0**1023 * 2 overflows
-        >>> bool(big[0] == 0.75 * 2.0**1000 * 2.0**23), bool(big[1].imag == -1.5 * 2.0**1000 * 2.0**23)
-        (True, True)
-    """
-    if not exponent:
-        return array
-    if not is_tensor(array):  # one exact ldexp (a single rounding, also into subnormals)
-        if np.iscomplexobj(array):
-            array = np.ascontiguousarray(array)
-            return np.ldexp(array.view(array.real.dtype), exponent).view(array.dtype)
-        return np.ldexp(array, exponent)
-    first = exponent // 2
-    for step in (first, exponent - first):  # each factor 2**step is representable in the tensor's dtype
-        array = array * 2.0**step
-    return array

@@ -85,9 +85,7 @@ def _output_shape(module: Any, size: tuple[int, ...], geometry: dict[str, Any]) 
     return tuple(n // s for n, s in zip(size, geometry["stride"], strict=True))
 
 
-def _model_norms(
-    module: Any, size: tuple[int, ...], max_memory: int | None
-) -> tuple[float, float, float, str | None]:
+def _model_norms(module: Any, size: tuple[int, ...], max_memory: int | None) -> tuple[float, float, float, str | None]:
     """Operator norm with the module's own padding, its certified bracket, and a note if not converged."""
     from .. import operator_norm_bounds  # the public function, looked up when called
 
@@ -119,7 +117,7 @@ def _failed(index: int, call: LayerCall, error: BaseException, seconds: float) -
         geometry = _LINEAR_GEOMETRY if linear else module_geometry(module)
         output_shape = _output_shape(module, call.input_shape, geometry)
         pad_text, pad_mode = _describe_padding(module)
-    except Exception:  # noqa: BLE001 - a module odd enough to fail here still gets its row
+    except Exception:
         geometry = {"stride": (), "dilation": (), "groups": 1, "transposed": False}
         output_shape, pad_text, pad_mode = (), "unknown", "unknown"
     weight = getattr(module, "weight", None)
@@ -297,7 +295,7 @@ def spectral_report(
                     relative_threshold=threshold,
                     max_memory=max_memory,
                 )
-            except Exception as err:  # noqa: BLE001 - one layer never aborts the report
+            except Exception as err:
                 row = _failed(index, call, err, time.perf_counter() - layer_start)
                 notes.append(f"layer {call.name!r} ({row.type}) failed, its numbers are missing: {row.error}")
             layers.append(row)
