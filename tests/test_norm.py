@@ -494,3 +494,33 @@ def test_reflect_and_replicate_modules_are_refused():
         cs.operator_norm(module, (8, 8), padding="module")
     with pytest.raises(cs.ParameterTypeError, match="padding: expected"):
         cs.operator_norm(module, (8, 8), padding=None)
+
+
+@pytest.mark.parametrize(
+    ("shape", "n", "stride", "dilation", "groups", "complex_"),
+    [
+        ((4, 2, 3, 3), (8, 8), (1, 1), (1, 1), 1, False),
+        ((6, 2, 3), (12,), (2,), (2,), 3, False),
+        ((4, 4, 1, 1), (6, 8), (2, 2), (1, 1), 1, True),
+        ((2, 3, 2, 3, 2), (4, 6, 4), (2, 1, 2), (1, 2, 1), 1, False),
+        ((8, 1, 5, 5), (10, 10), (2, 2), (3, 3), 8, False),
+        ((3, 2, 4, 4), (2, 2), (2, 2), (1, 1), 1, False),  # kernel larger than the grid
+    ],
+)
+def test_tap_by_tap_product_equals_the_fft_operator(rng, shape, n, stride, dilation, groups, complex_):
+    from convspectra.norm._direct import wrap_matvec
+
+    weight = rng.normal(size=shape) + (1j * rng.normal(size=shape) if complex_ else 0)
+    x = rng.normal(size=(shape[1] * groups, *n)) + (1j * rng.normal(size=(shape[1] * groups, *n)) if complex_ else 0)
+    op = ConvOperator.create(weight, input_shape=n, mode="wrap", stride=stride, dilation=dilation, groups=groups)
+    direct = wrap_matvec(weight, x, stride=stride, dilation=dilation, groups=groups)
+    np.testing.assert_allclose(direct, op.matvec(x), rtol=0, atol=1e-13 * np.abs(weight).sum() * np.abs(x).max())
+
+
+def test_bracket_of_a_wide_strided_shortcut_fits_the_default_budget(rng):
+    # ResNet-50's layer2 shortcut: the FFT operator alone would hold 3 GiB of kernel transform
+    weight = rng.normal(size=(512, 256, 1, 1))
+    bounds = cs.operator_norm_bounds(weight, 56, stride=2)
+    exact = np.linalg.norm(weight[:, :, 0, 0], 2)  # a 1x1 layer: the norm of its channel matrix
+    assert bounds.lower <= exact <= bounds.upper
+    assert bounds.lower >= exact * (1 - 1e-9) and bounds.upper <= exact * (1 + 1e-9)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from .._memory import check_budget
 from ..spec import ConvSpec
 from ..transfer import FrequencyPlan
+from ._direct import wrap_matvec_bytes
 from ._operator import good_fft_size
 from ._request import NormRequest
 
@@ -152,7 +153,8 @@ def request_bytes(request: NormRequest, *, want_bracket: bool) -> int:
         total = maximum_bytes(spec, real, request.workers)
         if want_bracket:
             n = spec.input_shape
-            total += operator_bytes(spec, n, n, spec.output_shape, real) + _vector_bytes(spec, n)
+            out = spec.output_shape
+            total += wrap_matvec_bytes(spec.out_channels, spec.in_channels, out, real) + _vector_bytes(spec, n)
         return total
     if request.mode == "zeros":
         grid = tuple(

@@ -2,7 +2,7 @@
 
 The value is the branch and bound's exact maximum (:mod:`convspectra.norm._circular`). When a
 bracket is asked for, its lower end is :math:`\\|A x\\| / \\|x\\|` for the top singular vector x
-pushed through the matrix-free operator (:class:`~convspectra.norm.ConvOperator`), an independent
+pushed through the layer tap by tap (:func:`~convspectra.norm._direct.wrap_matvec`), an independent
 check of the value; both ends are widened by the rounding allowance.
 
 Example:
@@ -20,7 +20,7 @@ import numpy as np
 
 from .._rescale import scale_up
 from ._circular import circular_maximum, circular_plan, larger_part, top_singular_vector
-from ._operator import ConvOperator
+from ._direct import wrap_matvec
 from ._request import NormRequest
 from ._solution import Solution, rounding_allowance
 
@@ -48,15 +48,9 @@ def solve_wraparound(request: NormRequest, *, want_bracket: bool) -> Solution:
         vector = top_singular_vector(plan, flat, found.frequency)
         if not np.iscomplexobj(weight):
             vector = larger_part(vector)
-        op = ConvOperator.create(
-            weight,
-            input_shape=spec.input_shape,
-            mode="wrap",
-            stride=spec.stride,
-            dilation=spec.dilation,
-            groups=spec.groups,
-        )
-        lower = float(np.linalg.norm(op.matvec(vector)) / np.linalg.norm(vector))
+        x = np.reshape(vector, (spec.in_channels, *spec.input_shape))
+        image = wrap_matvec(np.asarray(weight), x, stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
+        lower = float(np.linalg.norm(image) / np.linalg.norm(vector))
     e = request.exponent
     return Solution(
         float(scale_up(found.value, e)),
