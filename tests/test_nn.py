@@ -626,3 +626,23 @@ def test_lightning_callback_projects_after_every_nth_optimizer_step(monkeypatch)
         for layer, old, new in zip(callback.projector.layers, before, after, strict=True):
             assert torch.equal(new, direct(layer.module, old, (8, 8), layer.max_norm, iterations=2))
     assert [layer.name for layer in callback.projector.layers] == ["net.0", "net.2"]
+
+
+def test_module_weights_that_look_channels_last_do_not_warn_inside_the_library():
+    # Conv2d(3, 3, (16, 32)) stores a (3, 3, 16, 32) weight: the library knows it is OIHW
+    import warnings
+
+    from convspectra.analysis import spectral_report
+    from convspectra.nn import OperatorNormProjector, operator_norm_penalty
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 3, (16, 32), bias=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cs.LayoutWarning)
+        projector = OperatorNormProjector(model, 1.0, every=1, rescale=True)
+        model(torch.randn(1, 3, 32, 32))
+        projector.project_now()
+        penalty = operator_norm_penalty(model, 0.5, (32, 32))
+        report = spectral_report(model, (3, 32, 32))
+    assert float(penalty.detach()) >= 0 and report.layers[0].error is None
+    assert cs.operator_norm(model[0].weight.detach(), (32, 32), layout="OIHW") <= 1.0 + 1e-9

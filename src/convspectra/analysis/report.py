@@ -173,7 +173,7 @@ def _analyse(
         spectrum = np.linalg.svd(weight, compute_uv=False)
     else:
         try:
-            spectrum = singular_values(weight, call.input_shape, **geometry, max_memory=max_memory)
+            spectrum = singular_values(weight, call.input_shape, layout="OIHW", **geometry, max_memory=max_memory)
         except MemoryBudgetError:  # defined but not computed: the layer failed (see the module docstring)
             raise
         except ParameterError as err:  # e.g. a stride that does not divide the input: no circulant operator

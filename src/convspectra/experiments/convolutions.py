@@ -100,5 +100,7 @@ def sigma_max(layers: Sequence[ConvLayer], *, workers: int | None = None) -> dic
     out = {}
     for layer in layers:
         weight = layer.module.weight.detach().to("cpu", torch.float64)
-        out[layer.name] = float(operator_norm(weight, layer.require_input_shape(), workers=workers, **layer.geometry()))
+        out[layer.name] = float(
+            operator_norm(weight, layer.require_input_shape(), layout="OIHW", workers=workers, **layer.geometry())
+        )
     return out

@@ -140,6 +140,8 @@ def operator_norm_penalty(
         if padding == "module":
             sigma = operator_norm(layer.module, layer.input_shape, padding="module")
         else:
-            sigma = operator_norm(layer.module.weight, layer.input_shape, padding=padding, **layer.geometry())
+            sigma = operator_norm(
+                layer.module.weight, layer.input_shape, padding=padding, layout="OIHW", **layer.geometry()
+            )
         terms.append(torch.clamp(sigma - layer.max_norm, min=0))
     return torch.stack(terms).sum()

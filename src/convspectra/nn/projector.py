@@ -112,7 +112,7 @@ def projected_kernels(
         (torch.float64, [0.5, 0.5])
     """
     work = [w.detach().to(device=w.device if device is None else device, dtype=torch.float64) for w, _, _, _ in jobs]
-    options: dict[str, Any] = {"min_norm": min_norm, "iterations": iterations, "method": method}
+    options: dict[str, Any] = {"min_norm": min_norm, "iterations": iterations, "method": method, "layout": "OIHW"}
     if len(jobs) == 1:
         _, shape, bound, geometry = jobs[0]
         results = [_projection.clip_operator_norm(work[0], shape, bound, **options, **geometry)]
@@ -129,7 +129,7 @@ def projected_kernels(
         )
     if rescale:
         for index, (_, shape, bound, geometry) in enumerate(jobs):
-            sigma = float(operator_norm(results[index], shape, **geometry))
+            sigma = float(operator_norm(results[index], shape, layout="OIHW", **geometry))
             if sigma > bound:
                 results[index] = results[index] * (bound / sigma)
     return results
