@@ -524,3 +524,17 @@ def test_bracket_of_a_wide_strided_shortcut_fits_the_default_budget(rng):
     exact = np.linalg.norm(weight[:, :, 0, 0], 2)  # a 1x1 layer: the norm of its channel matrix
     assert bounds.lower <= exact <= bounds.upper
     assert bounds.lower >= exact * (1 - 1e-9) and bounds.upper <= exact * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("complex_", [True, False])
+@pytest.mark.parametrize("shape", [(40, 12, 12), (40, 7, 15), (40, 15, 7)])
+def test_cholesky_floor_keeps_every_value_above_it_exact(rng, shape, complex_):
+    from convspectra.norm._sigma import sigma_max
+
+    matrices = rng.normal(size=shape) + (1j * rng.normal(size=shape) if complex_ else 0)
+    exact = np.linalg.svd(matrices, compute_uv=False)[:, 0]
+    floor = float(np.median(exact))
+    got = sigma_max(matrices, floor)
+    above = exact > floor * (1 + 1e-12)
+    np.testing.assert_allclose(got[above], exact[above], rtol=1e-13)
+    assert np.all(got[~above] <= floor * (1 + 1e-12)) and np.all(got >= np.minimum(exact, floor) * (1 - 1e-12))

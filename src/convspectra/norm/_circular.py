@@ -42,12 +42,14 @@ from .._threads import single_threaded_blas
 from ..spec import parse_layer
 from ..transfer import FrequencyPlan, flat_weight
 from ._centres import Centres, centre_values
-from ._sigma import sigma_max_at
+from ._sigma import herk_routine, sigma_max_at
 
 __all__ = ["CircularMaximum", "circular_maximum", "circular_plan", "larger_part", "top_singular_vector"]
 
 #: Below this many candidate frequencies, every one is computed directly.
 _DIRECT = 6144
+#: Frequencies computed first on a direct grid, for a floor the others are tested against.
+_SEEDS = 16
 #: Number of boxes the first round splits the frequency domain into.
 _FIRST_BOXES = 256
 #: Boxes wider than this (grid steps from the centre) get only the cheap first-order bound.
@@ -131,6 +133,7 @@ def circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int = 1) ->
     Small grids (at most 6144 candidate frequencies) are enumerated directly; larger ones go
     through the branch and bound of the module docstring, on ``workers`` threads.
     """
+    herk_routine(np.complex128)  # SciPy's BLAS, when there is one, loaded before the limit so that it is limited too
     with single_threaded_blas():  # small matrices: BLAS threads only get in each other's way
         return _circular_maximum(plan, flat, workers)
 
@@ -154,7 +157,12 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
         high[active[0]] = grid[active[0]] // 2 + 1
     if np.prod(high) <= _DIRECT:
         freqs, _ = plan.representatives(0, plan.size)
-        consider(freqs, sigma_max_at(plan, flat, freqs, workers))
+        floor = -np.inf
+        if len(freqs) > 4 * _SEEDS:  # exact values at a few spread frequencies give a floor that most others
+            seeds = freqs[:: len(freqs) // _SEEDS]  # provably stay under (a Cholesky factor each, see _sigma)
+            consider(seeds, sigma_max_at(plan, flat, seeds, 1))
+            floor = best
+        consider(freqs, sigma_max_at(plan, flat, freqs, workers, floor=floor))
         return CircularMaximum(best, np.asarray(best_freq), len(freqs), total)
     tap_norms = _tap_norms(plan, flat)
     weights = _lipschitz_weights(plan)  # (taps, d): |phase change| per grid step

@@ -21,13 +21,24 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import cache
+from typing import Any
 
 import numpy as np
 
 from .._threads import run_chunks
 from ..transfer import FrequencyPlan
 
-__all__ = ["gram_bound", "sigma_max", "sigma_max_at", "squared_norms", "top_singular_values"]
+__all__ = [
+    "gram_bound",
+    "herk_routine",
+    "lower_gram",
+    "sigma_max",
+    "sigma_max_at",
+    "squared_norms",
+    "top_singular_values",
+]
 
 #: Bytes of transfer matrices per chunk of a batch.
 _CHUNK_BYTES = 8 * 2**20
@@ -50,6 +61,38 @@ def gram_bound(matrices: np.ndarray) -> np.ndarray:
     herm = np.ascontiguousarray(np.swapaxes(matrices, 1, 2).conj())
     gram = matrices @ herm if p <= q else herm @ matrices
     return np.sqrt(np.sqrt(squared_norms(gram)))
+
+
+@cache
+def herk_routine(dtype: type) -> Callable[..., Any] | None:
+    """SciPy's BLAS ``herk`` for ``dtype`` (complex), or None without SciPy.
+
+    Call it once before entering a thread limit, so that SciPy's own BLAS is loaded, and limited, too.
+    """
+    try:
+        from scipy.linalg.blas import get_blas_funcs
+    except ImportError:  # SciPy is optional: a full matmul then
+        return None
+    return get_blas_funcs("herk", dtype=np.dtype(dtype))
+
+
+def lower_gram(matrices: np.ndarray) -> np.ndarray:
+    """The smaller Gram matrix of each of ``(B, p, q)`` complex matrices, or its conjugate (the same
+    eigenvalues, the same definiteness); only the lower triangle is meaningful.
+
+    With SciPy, one BLAS ``herk`` per matrix (half the products of a ``matmul``); else a ``matmul``.
+    """
+    p, q = matrices.shape[1:]
+    herk = herk_routine(matrices.dtype.type) if matrices.dtype in (np.complex64, np.complex128) else None
+    if herk is None:
+        herm = np.ascontiguousarray(np.swapaxes(matrices, 1, 2).conj())
+        return matrices @ herm if p <= q else herm @ matrices
+    matrices = np.ascontiguousarray(matrices)
+    trans = 2 if p <= q else 0  # on the Fortran-ordered view M.T: A^H A = conj(M M^H), A A^H = conj(M^H M)
+    out = np.empty((len(matrices), min(p, q), min(p, q)), dtype=matrices.dtype)
+    for index, matrix in enumerate(matrices):
+        out[index] = herk(1.0, matrix.T, trans=trans, lower=1)
+    return out
 
 
 def top_singular_values(matrices: np.ndarray) -> np.ndarray:
@@ -113,8 +156,28 @@ def sigma_max(matrices: np.ndarray, floor: float = -np.inf) -> np.ndarray:
             current = current @ current
             log_scale, power = 2 * log_scale, 2 * power
         todo = todo[keep_idx]
+    if np.isfinite(floor) and floor > 0:  # a flat spectrum: certify most values below the floor by Cholesky
+        gram = lower_gram(matrices[todo])
+        above = np.array([not _below(g, floor) for g in gram], dtype=bool)
+        result[todo] = np.minimum(result[todo], floor)
+        if above.any():
+            top = np.linalg.eigvalsh(gram[above], UPLO="L")[:, -1]
+            result[todo[above]] = np.sqrt(np.maximum(top, 0.0))
+        return result
     result[todo] = top_singular_values(matrices[todo])  # the exact value
     return result
+
+
+def _below(gram: np.ndarray, floor: float) -> bool:
+    """Whether ``floor**2 I - gram`` has a Cholesky factor: then ``lambda_max(gram) <= floor**2``
+    (to rounding, ~n eps relative), at a third of the eigensolver's cost."""
+    shifted = -gram
+    shifted.flat[:: len(gram) + 1] += floor * floor
+    try:
+        np.linalg.cholesky(shifted)
+    except np.linalg.LinAlgError:
+        return False
+    return True
 
 
 def sigma_max_at(
