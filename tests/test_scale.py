@@ -426,8 +426,14 @@ def test_all_singular_values_numpy_and_torch_match_the_reference(layer, referenc
     assert ours.shape == expected.shape, (ours.shape, expected.shape)
     np.testing.assert_allclose(ours, expected, rtol=0, atol=atol)
     tensor = torch.from_numpy(kernel).to(_device()).requires_grad_(True)  # the torch path (autograd)
-    on_torch = cs.singular_values(tensor, layer.n, **layer.kwargs)
-    assert isinstance(on_torch, torch.Tensor) and on_torch.requires_grad
+    try:
+        on_torch = cs.singular_values(tensor, layer.n, **layer.kwargs)
+    except cs.MemoryBudgetError as refused:  # autograd keeps every frequency's factors: over 4 GiB on the widest
+        assert "needs about" in str(refused)  # layers, refused before allocating; compare the graph-free torch path
+        on_torch = cs.singular_values(tensor.detach(), layer.n, **layer.kwargs)
+    else:
+        assert on_torch.requires_grad
+    assert isinstance(on_torch, torch.Tensor)
     np.testing.assert_allclose(on_torch.detach().cpu().numpy(), ours, rtol=0, atol=atol)
 
 
