@@ -44,6 +44,7 @@ __all__ = [
     "maximum_bytes",
     "operator_bytes",
     "request_bytes",
+    "wrap_spec",
 ]
 
 #: Bytes of box-centre matrices the branch and bound processes at once.
@@ -116,15 +117,7 @@ def _lanczos_bytes(request: NormRequest, real: bool) -> int:
     return (lanczos_basis(request) + 6) * item * columns + 4 * item * rows
 
 
-def _enlarged(request: NormRequest) -> tuple[int, ...]:
-    """The grid of the padded layer's circular certificate (see ``enlarged_grid`` in ``_padded``)."""
-    return tuple(
-        -(-(n + pl + pr) // s) * s
-        for n, (pl, pr), s in zip(request.input_shape, request.padding, request.spec.stride, strict=True)
-    )
-
-
-def _wrap_spec(spec: ConvSpec, grid: Sequence[int], stride: Sequence[int]) -> ConvSpec:
+def wrap_spec(spec: ConvSpec, grid: Sequence[int], stride: Sequence[int]) -> ConvSpec:
     """``spec`` as a wrap-around layer on the input ``grid`` with ``stride``."""
     return ConvSpec(
         ndim=spec.ndim,
@@ -160,10 +153,10 @@ def request_bytes(request: NormRequest, *, want_bracket: bool) -> int:
         grid = tuple(
             good_fft_size(n + pl + pr) for n, (pl, pr) in zip(request.input_shape, request.padding, strict=True)
         )
-        certificate = _wrap_spec(spec, _enlarged(request), spec.stride)
+        certificate = wrap_spec(spec, request.enlarged_grid(), spec.stride)
     else:
         grid = request.input_shape
-        certificate = _wrap_spec(spec, request.input_shape, (1,) * spec.ndim)
+        certificate = wrap_spec(spec, request.input_shape, (1,) * spec.ndim)
     op = operator_bytes(spec, grid, request.input_shape, spec.output_shape, real)
     start = maximum_bytes(certificate, real, request.workers) + _vector_bytes(spec, certificate.input_shape)
     return op + max(start, _lanczos_bytes(request, real))

@@ -157,13 +157,13 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
         high[active[0]] = grid[active[0]] // 2 + 1
     if np.prod(high) <= _DIRECT:
         freqs, _ = plan.representatives(0, plan.size)
-        floor = -np.inf
+        floor, evaluated = -np.inf, len(freqs)
         if len(freqs) > 4 * _SEEDS:  # exact values at a few spread frequencies give a floor that most others
-            seeds = freqs[:: len(freqs) // _SEEDS]  # provably stay under (a Cholesky factor each, see _sigma)
-            consider(seeds, sigma_max_at(plan, flat, seeds, 1))
-            floor = best
+            step = len(freqs) // _SEEDS  # provably stay under (a Cholesky factor each, see _sigma)
+            consider(freqs[::step], sigma_max_at(plan, flat, freqs[::step], 1))
+            floor, freqs = best, np.delete(freqs, np.s_[::step], axis=0)
         consider(freqs, sigma_max_at(plan, flat, freqs, workers, floor=floor))
-        return CircularMaximum(best, np.asarray(best_freq), len(freqs), total)
+        return CircularMaximum(best, np.asarray(best_freq), evaluated, total)
     tap_norms = _tap_norms(plan, flat)
     weights = _lipschitz_weights(plan)  # (taps, d): |phase change| per grid step
     taps = plan.tap_offsets()

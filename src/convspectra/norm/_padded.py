@@ -30,47 +30,21 @@ import numpy as np
 
 from .._rescale import scale_up
 from ..bounds import channel_l1_bound
-from ..spec import ConvSpec
-from ._budget import lanczos_basis
+from ._budget import lanczos_basis, wrap_spec
 from ._circular import circular_maximum, circular_plan, larger_part, top_singular_vector
 from ._lanczos import largest_singular_value
 from ._operator import ConvOperator
 from ._request import NormRequest
 from ._solution import Solution, rounding_allowance
 
-__all__ = ["enlarged_grid", "solve_padded"]
-
-
-def enlarged_grid(request: NormRequest) -> tuple[int, ...]:
-    """A grid on which the circular layer contains the zero-padded one: ``n + p_left + p_right``,
-    rounded up to a multiple of the stride."""
-    return tuple(
-        -(-(n + pl + pr) // s) * s
-        for n, (pl, pr), s in zip(request.input_shape, request.padding, request.spec.stride, strict=True)
-    )
-
-
-def _stride_one(spec: ConvSpec) -> ConvSpec:
-    """The same layer without stride (on the same input grid)."""
-    return ConvSpec(
-        ndim=spec.ndim,
-        out_channels=spec.out_channels,
-        in_channels=spec.in_channels,
-        groups=spec.groups,
-        kernel_size=spec.kernel_size,
-        stride=(1,) * spec.ndim,
-        dilation=spec.dilation,
-        input_shape=spec.input_shape,
-        output_shape=spec.input_shape,
-        transposed=False,
-    )
+__all__ = ["solve_padded"]
 
 
 def _certificate(request: NormRequest, weight: np.ndarray) -> tuple[float, str, np.ndarray]:
     """``(upper bound, its name, start vector)`` from the circular layer that contains the padded one."""
     spec = request.spec
     if request.mode == "zeros":
-        grid = enlarged_grid(request)
+        grid = request.enlarged_grid()
         plan, flat = circular_plan(weight, grid, stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
         found = circular_maximum(plan, flat, request.workers)
         upper, where = found.value, f"circular norm on the enlarged {'x'.join(map(str, grid))} grid"
@@ -79,7 +53,7 @@ def _certificate(request: NormRequest, weight: np.ndarray) -> tuple[float, str, 
         window = (slice(None), *crop)
         start = start_full[window]
     else:  # circular padding whose outputs do not tile the input: rows of the stride-1 layer, repeated
-        one = _stride_one(spec)
+        one = wrap_spec(spec, spec.input_shape, (1,) * spec.ndim)  # the same layer without stride
         plan, flat = circular_plan(
             weight, request.input_shape, stride=one.stride, dilation=one.dilation, groups=one.groups
         )

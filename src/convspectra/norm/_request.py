@@ -92,6 +92,14 @@ class NormRequest:
         """This request with ``exponent`` set so that the working weight's largest entry is in ``[0.5, 1)``."""
         return dataclasses.replace(self, exponent=exponent_of(self.weight))
 
+    def enlarged_grid(self) -> tuple[int, ...]:
+        """A grid on which the circular layer contains the zero-padded one: ``n + p_left + p_right``,
+        rounded up to a multiple of the stride (the padded solver's certificate)."""
+        return tuple(
+            -(-(n + pl + pr) // s) * s
+            for n, (pl, pr), s in zip(self.input_shape, self.padding, self.spec.stride, strict=True)
+        )
+
     def working_weight(self) -> np.ndarray:
         """:meth:`numpy_weight` divided by ``2**exponent`` (exactly): what the solvers work on."""
         return np.asarray(scale_down(self.numpy_weight(), self.exponent))
