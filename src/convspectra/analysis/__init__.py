@@ -38,7 +38,7 @@ from .summary import spectrum_summary
 if TYPE_CHECKING:
     from .folding import batchnorm_scale, fold_batchnorm
     from .lipschitz import adaptive_avg_pool_norm, network_bound
-    from .report import spectral_report
+    from .report import layers_report, spectral_report
     from .walk import LayerCall, collect_layers
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "collect_layers",
     "figure4_observations",
     "fold_batchnorm",
+    "layers_report",
     "network_bound",
     "plot_sigma_max",
     "plot_spectra",
@@ -70,6 +71,7 @@ _WITH_TORCH = {
     "batchnorm_scale": "folding",
     "collect_layers": "walk",
     "fold_batchnorm": "folding",
+    "layers_report": "report",
     "network_bound": "lipschitz",
     "spectral_report": "report",
 }

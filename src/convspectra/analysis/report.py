@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -56,11 +57,11 @@ from ..errors import ConvergenceWarning, MemoryBudgetError, ParameterError, Para
 from ..spectrum import singular_values
 from .folding import fold_batchnorm
 from .lipschitz import network_bound
-from .records import LayerReport, SpectralReport
+from .records import LayerReport, NetworkBound, SpectralReport
 from .summary import SUMMARY_FIELDS, spectrum_summary
 from .walk import LayerCall, collect_layers, detached_copy, make_example_input
 
-__all__ = ["PADDINGS", "spectral_report"]
+__all__ = ["PADDINGS", "layers_report", "spectral_report"]
 
 #: The values of ``spectral_report(padding=...)``.
 PADDINGS = ("circular", "model")
@@ -273,11 +274,70 @@ def spectral_report(
         max_memory = resolve_budget(max_memory)  # checked before any work
     if not isinstance(model, nn.Module):
         raise ParameterTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    from .. import __version__
 
     start = time.perf_counter()
     example = make_example_input(model, example_input)
     calls = collect_layers(model, example)
+    report = layers_report(
+        calls,
+        model_name=str(model.original_name) if isinstance(model, torch.jit.ScriptModule) else type(model).__name__,
+        input_shape=tuple(int(s) for s in example.shape),
+        padding=padding,
+        fold_bn=fold_bn,
+        full_spectrum=full_spectrum,
+        relative_threshold=threshold,
+        progress=progress,
+        max_memory=max_memory,
+    )
+    bound = network_bound(model, example, report.layers, padding=padding)
+    return dataclasses.replace(report, network_bound=bound, seconds=time.perf_counter() - start)
+
+
+def layers_report(
+    calls: Sequence[LayerCall],
+    *,
+    model_name: str,
+    input_shape: tuple[int, ...],
+    padding: str = "circular",
+    fold_bn: bool = False,
+    full_spectrum: bool = False,
+    relative_threshold: float = 1e-3,
+    progress: Callable[[int, int, str], None] | None = None,
+    max_memory: int | None = None,
+    network_bound: NetworkBound | None = None,
+) -> SpectralReport:
+    """The report of given layers, without a forward pass: what :func:`spectral_report` runs on
+    the layers it collected (and what a model from another framework, e.g. ONNX, is reported by).
+
+    Args:
+        calls: the layers with the input sizes they see (:class:`~convspectra.analysis.walk.LayerCall`).
+        model_name, input_shape: what the report says it describes (``input_shape`` with batch axis).
+        padding, fold_bn, full_spectrum, relative_threshold, progress, max_memory: as
+            :func:`spectral_report`.
+        network_bound: the network bound to record (default: "not available", since the graph
+            between the layers is not known here).
+
+    Returns:
+        A :class:`~convspectra.analysis.SpectralReport` (a failing layer is recorded, never raised).
+
+    Example:
+        >>> import torch
+        >>> from convspectra.analysis import layers_report
+        >>> from convspectra.analysis.walk import LayerCall
+        >>> call = LayerCall("conv", torch.nn.Conv2d(2, 4, 3, padding=1), (8, 8), 1, None, None)
+        >>> report = layers_report([call], model_name="one conv", input_shape=(1, 2, 8, 8))
+        >>> report.layers[0].num_singular_values, report.network_bound.value
+        (256, None)
+    """
+    choice("padding", padding, PADDINGS)
+    fold_bn = flag("fold_bn", fold_bn)
+    full_spectrum = flag("full_spectrum", full_spectrum)
+    threshold = real("relative_threshold", relative_threshold, minimum=0.0, maximum=1.0, open_above=True)
+    if max_memory is not None:
+        max_memory = resolve_budget(max_memory)  # checked before any work
+    from .. import __version__
+
+    start = time.perf_counter()
     layers = []
     notes: list[str] = []
     # Per-layer LAPACK calls on small matrices lose to OpenBLAS's own threads (3-5x on a loaded
@@ -301,15 +361,16 @@ def spectral_report(
             layers.append(row)
             if progress is not None:
                 progress(index + 1, len(calls), call.name)
-    bound = network_bound(model, example, layers, padding=padding)
+    if network_bound is None:
+        network_bound = NetworkBound(None, padding, "not available: the graph between the layers is not known")
     return SpectralReport(
-        model=str(model.original_name) if isinstance(model, torch.jit.ScriptModule) else type(model).__name__,
-        input_shape=tuple(int(s) for s in example.shape),
+        model=model_name,
+        input_shape=tuple(int(s) for s in input_shape),
         padding=padding,
         fold_bn=fold_bn,
         relative_threshold=threshold,
         layers=layers,
-        network_bound=bound,
+        network_bound=network_bound,
         seconds=time.perf_counter() - start,
         version=__version__,
         notes=notes,

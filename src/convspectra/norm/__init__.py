@@ -71,8 +71,8 @@ class NormBounds:
             exact circular norm on the enlarged grid that contains the zero-padded layer, or
             Proposition 11's bound when that is smaller.
         value: the operator norm as :func:`operator_norm` returns it.
-        converged: False when the iterative solver stopped at its budget (``value`` is then
-            only the lower bound).
+        converged: False when the iterative solver stopped at its budget or time limit, or was
+            not run (``refine=False``); ``value`` is then only the lower bound.
         method: how the bracket was obtained, in words.
     """
 
@@ -120,6 +120,7 @@ def operator_norm(
     max_iter: int | None = None,
     workers: int | None = None,
     max_memory: int | None = None,
+    time_limit: float | None = None,
 ) -> Any:
     r"""The operator norm (largest singular value) of a convolution layer.
 
@@ -137,6 +138,9 @@ def operator_norm(
         max_iter: padded layers only: the most products with :math:`A^H A` (default 3000).
         workers: threads for the per-frequency decompositions (default: every core).
         max_memory: byte budget (default 4 GiB); a larger estimate is refused up front.
+        time_limit: padded layers only: seconds after which the iterative solver stops; the
+            certified lower end reached so far is returned with a ``ConvergenceWarning`` that
+            gives the bracket (default: no limit).
 
     Returns:
         A NumPy float64 scalar for NumPy input; a 0-d torch tensor on the kernel's device for
@@ -150,8 +154,8 @@ def operator_norm(
         MemoryBudgetError: the estimate exceeds ``max_memory``.
 
     Warns:
-        ConvergenceWarning: the iterative solver hit ``max_iter``; the certified lower bound is
-            returned and the message gives the bracket.
+        ConvergenceWarning: the iterative solver hit ``max_iter`` or ``time_limit``; the
+            certified lower bound is returned and the message gives the bracket.
 
     Example:
         >>> import numpy as np, convspectra as cs
@@ -176,6 +180,7 @@ def operator_norm(
         max_iter=max_iter,
         workers=workers,
         max_memory=max_memory,
+        time_limit=time_limit,
     )
     request, solution = _solve(request, want_bracket=False)
     if solution.warning is not None:
@@ -204,6 +209,8 @@ def operator_norm_bounds(
     max_iter: int | None = None,
     workers: int | None = None,
     max_memory: int | None = None,
+    refine: bool = True,
+    time_limit: float | None = None,
 ) -> NormBounds:
     r"""A certified bracket on the operator norm, and the value :func:`operator_norm` returns.
 
@@ -212,6 +219,12 @@ def operator_norm_bounds(
     (circular), or for a padded layer the exact norm of the circular layer on the enlarged grid
     that contains it (or Proposition 11 if smaller). Both are widened by a floating-point
     rounding allowance of ``32 (taps + in + out) eps``.
+
+    ``refine=False`` (padded layers) skips the iterative solver: the bracket is then the enlarged
+    grid's circular norm above and the circular top singular vector's Rayleigh quotient through
+    the padded operator below, ``value`` is the lower end and ``converged`` is False (no warning:
+    it was asked for). ``time_limit`` stops the solver after that many seconds with the bracket
+    reached (``converged`` False, ``ConvergenceWarning``). Either way ``method`` says which.
 
     Returns:
         :class:`NormBounds` (Python floats, whatever the kernel's kind).
@@ -241,6 +254,8 @@ def operator_norm_bounds(
         max_iter=max_iter,
         workers=workers,
         max_memory=max_memory,
+        refine=refine,
+        time_limit=time_limit,
     )
     _, solution = _solve(request, want_bracket=True)
     if solution.warning is not None:

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class LanczosResult:
         converged: whether the residual test passed within the budget.
         iterations: operator applications of ``A^H A``.
         residual: the final relative residual ``||A^H A y - theta y|| / theta``.
+        timed_out: the deadline stopped the iteration.
     """
 
     value: float
@@ -46,6 +48,7 @@ class LanczosResult:
     converged: bool
     iterations: int
     residual: float
+    timed_out: bool = False
 
 
 def largest_singular_value(
@@ -56,6 +59,7 @@ def largest_singular_value(
     rtol: float,
     max_iter: int,
     basis: int = 40,
+    deadline: float | None = None,
 ) -> LanczosResult:
     """Largest singular value of ``A`` (given by ``matvec``/``rmatvec`` on flat vectors).
 
@@ -65,9 +69,12 @@ def largest_singular_value(
         rtol: the relative residual at which the iteration stops.
         max_iter: the most products with ``A^H A``.
         basis: the most Lanczos vectors kept before a restart.
+        deadline: a :func:`time.monotonic` reading after which the iteration stops at its next
+            Ritz check, unconverged (None: no deadline).
 
     Returns:
-        The :class:`LanczosResult`; ``converged`` is False when ``max_iter`` was reached first.
+        The :class:`LanczosResult`; ``converged`` is False when ``max_iter`` or the deadline was
+        reached first (``timed_out`` says which).
 
     Raises:
         ValueError: ``start`` is zero or not finite.
@@ -78,7 +85,7 @@ def largest_singular_value(
         raise ValueError("start: expected a finite non-zero vector")
     q /= norm
     iterations, residual = 0, np.inf
-    converged = False
+    converged = timed_out = False
     basis = max(1, min(basis, q.size))
     with single_threaded_blas():  # vector operations on one core: BLAS threads only contend
         while True:
@@ -108,13 +115,14 @@ def largest_singular_value(
                     if residual <= rtol or invariant:
                         converged = True
                         break
-                    if iterations >= max_iter:
+                    timed_out = deadline is not None and time.monotonic() >= deadline
+                    if iterations >= max_iter or timed_out:
                         break
                 betas[j] = beta
                 vectors[j + 1] = w / beta
-            if converged or iterations >= max_iter:
+            if converged or timed_out or iterations >= max_iter:
                 break
             q = ritz / np.linalg.norm(ritz)
         ritz = ritz / np.linalg.norm(ritz)
         value = float(np.linalg.norm(matvec(ritz)))
-    return LanczosResult(value, ritz, converged, iterations, float(residual))
+    return LanczosResult(value, ritz, converged, iterations, float(residual), timed_out)

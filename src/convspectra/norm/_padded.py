@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -99,9 +100,18 @@ def solve_padded(request: NormRequest) -> Solution:
     if not np.iscomplexobj(weight):
         start = larger_part(start)
     rng = np.random.default_rng(0)  # a little of every direction, reproducibly
+    e = request.exponent
+    if not request.refine:  # the bracket only: the circular vector's Rayleigh quotient below
+        quotient = float(np.linalg.norm(op.matvec(start)) / max(np.linalg.norm(start), 1e-300))
+        upper_scaled = max(upper, quotient) * (1 + allowance)
+        lower_scaled = max(0.0, quotient - allowance * upper_scaled)
+        lower = float(scale_up(lower_scaled, e))
+        method = f"bracket only (not refined): the circular top vector's Rayleigh quotient and the {where}"
+        return Solution(lower, lower, float(scale_up(upper_scaled, e)), False, method, operator=op)
     noise = rng.standard_normal(start.shape)
     start = start / max(np.linalg.norm(start), 1e-300) + 1e-3 * noise / np.linalg.norm(noise)
     basis = lanczos_basis(request)
+    deadline = None if request.time_limit is None else time.monotonic() + request.time_limit
     result = largest_singular_value(
         lambda v: op.matvec(v).ravel(),
         lambda v: op.rmatvec(v).ravel(),
@@ -109,8 +119,8 @@ def solve_padded(request: NormRequest) -> Solution:
         rtol=request.rtol,
         max_iter=request.max_iter,
         basis=basis,
+        deadline=deadline,
     )
-    e = request.exponent
     upper_scaled = max(upper * (1 + allowance), result.value * (1 + allowance))
     upper = float(scale_up(upper_scaled, e))
     lower = float(scale_up(max(0.0, result.value - allowance * upper_scaled), e))
@@ -118,9 +128,11 @@ def solve_padded(request: NormRequest) -> Solution:
     method = f"Lanczos ({result.iterations} products with A^H A) between the Rayleigh quotient and the {where}"
     warning = None
     if not result.converged:
+        limit = f"time_limit={request.time_limit:g} s" if result.timed_out else f"max_iter={request.max_iter}"
+        method += f"; stopped at {limit}"
         warning = (
             f"operator_norm: the Lanczos solver did not reach rtol={request.rtol:g} within "
-            f"max_iter={request.max_iter} (relative residual {result.residual:.2e}); the norm lies in "
-            f"[{lower:.10g}, {upper:.10g}] and the lower end is returned. Raise max_iter or rtol."
+            f"{limit} (relative residual {result.residual:.2e}); the norm lies in "
+            f"[{lower:.10g}, {upper:.10g}] and the lower end is returned. Raise max_iter, time_limit or rtol."
         )
     return Solution(value, lower, upper, result.converged, method, warning, vector=result.vector, operator=op)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._backend import is_torch_module, to_numpy
-from .._checks import as_tuple, choice, integer, real
+from .._checks import as_tuple, choice, flag, integer, real
 from .._memory import resolve_budget
 from .._rescale import exponent_of, scale_down
 from .._threads import resolve_workers
@@ -62,6 +62,10 @@ class NormRequest:
         rtol, max_iter: the iterative solver's residual target and product budget.
         workers: threads for the per-frequency decompositions.
         max_memory: the byte budget.
+        refine: padded layers: run the iterative solver (False: only the certified bracket from
+            the circular layer on the enlarged grid and its top singular vector).
+        time_limit: padded layers: seconds after which the iterative solver stops and the
+            bracket reached so far is returned (None: no limit).
         exponent: the solvers work on the weight divided by ``2**exponent`` and scale back; 0
             as resolved, set by :meth:`at_unit_scale` (see :mod:`convspectra._rescale`).
     """
@@ -75,6 +79,8 @@ class NormRequest:
     max_iter: int
     workers: int
     max_memory: int
+    refine: bool = True
+    time_limit: float | None = None
     exponent: int = 0
 
     def numpy_weight(self) -> np.ndarray:
@@ -219,13 +225,15 @@ def resolve_request(
     max_iter: Any = None,
     workers: Any = None,
     max_memory: Any = None,
+    refine: Any = True,
+    time_limit: Any = None,
 ) -> NormRequest:
     """Validate the arguments of :func:`convspectra.operator_norm` and normalise them.
 
     Args:
         kernel, input_shape, padding, layout, stride, dilation, groups, transposed, rtol,
-            max_iter, workers, max_memory: as :func:`convspectra.operator_norm` (``None``: the
-            default).
+            max_iter, workers, max_memory, refine, time_limit: as
+            :func:`convspectra.operator_norm_bounds` (``None``: the default).
 
     Returns:
         The :class:`NormRequest`.
@@ -239,5 +247,9 @@ def resolve_request(
     max_iter_i = integer("max_iter", DEFAULT_MAX_ITER if max_iter is None else max_iter)
     geometry = {"layout": layout, "stride": stride, "dilation": dilation, "groups": groups, "transposed": transposed}
     spec, weight, mode, n, pairs = _layer(kernel, input_shape, padding, geometry)
+    refine_b = flag("refine", refine)
+    limit = None if time_limit is None else real("time_limit", time_limit, minimum=0, open_below=True)
     budget = resolve_budget(max_memory)
-    return NormRequest(spec, weight, mode, n, pairs, rtol_f, max_iter_i, resolve_workers(workers), budget)
+    return NormRequest(
+        spec, weight, mode, n, pairs, rtol_f, max_iter_i, resolve_workers(workers), budget, refine_b, limit
+    )
