@@ -5,7 +5,9 @@ and observes that (1) "the transformations with the largest operator norms are c
 inputs" and (2) "the number of non-negligible singular values increases for a while, but at the
 end, it tapers off". :func:`figure4_observations` measures both on any
 :class:`~convspectra.analysis.SpectralReport` (conv layers with kernels larger than 1x1, as in
-the paper) and states, with the numbers, whether each holds; nothing is hard-coded.
+the paper) and states, with the numbers, whether each holds; nothing is hard-coded. The layers
+left out of the comparison (1x1 convs, Linear layers, layers without a circular norm) are
+named in :attr:`Figure4Observations.left_out` and counted in the last statement.
 
 "Non-negligible" is ``sigma > relative_threshold * sigma_max`` of the layer (the report's
 ``effective_rank``). Because strided layers have fewer singular values (a 64-channel layer on
@@ -22,7 +24,10 @@ Example:
     >>> obs.layers
     ['0', '1', '2']
     >>> len(obs.statements)
-    3
+    4
+    >>> obs.statements[-1]
+    "Layers compared: 3 conv layers with kernels larger than 1x1 (the paper's selection), 3 of the
+    report's 3; none left out."
 """
 
 from __future__ import annotations
@@ -55,6 +60,25 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def _compared(count: int, total: int, left_out: dict[str, str]) -> str:
+    """The statement on which layers were compared and which were left out (counted by reason)."""
+    reasons: dict[str, int] = {}
+    for reason in left_out.values():
+        key = reason if not reason.startswith("no circular norm") else "no circular norm"
+        reasons[key] = reasons.get(key, 0) + 1
+    words = {"linear layer": "linear layer", "1x1 kernel": "1x1 conv layer", "no circular norm": "conv layer"}
+    parts = []
+    for key, number in reasons.items():
+        parts.append(
+            f"{number} {words[key]}{'' if number == 1 else 's'}"
+            + (" without a circular norm" if key == "no circular norm" else "")
+        )
+    return (
+        f"Layers compared: {count} conv layers with kernels larger than 1x1 (the paper's selection), {count} of the "
+        f"report's {total}; " + (f"left out: {', '.join(parts)}." if parts else "none left out.")
+    )
+
+
 def _trend(values: Sequence[float]) -> tuple[int, bool, bool]:
     """(position of the maximum, rises before it, tapers after it)."""
     array = np.asarray(values, dtype=float)
@@ -82,7 +106,9 @@ class Figure4Observations:
         count_rises_then_tapers, fraction_rises_then_tapers: observation (2) holds for the count /
             the fraction: the maximum is after the first layer, above it, and the last layer is below it.
         stable_rank_fraction: each layer's stable rank divided by its number of singular values.
-        statements: the findings in words, with the numbers.
+        statements: the findings in words, with the numbers (the last says which layers were compared).
+        left_out: the report's other layers, name to reason ("1x1 kernel", "linear layer", "no circular
+            norm: ...").
     """
 
     layers: list[str]
@@ -100,6 +126,7 @@ class Figure4Observations:
     fraction_rises_then_tapers: bool
     stable_rank_fraction: list[float] = field(default_factory=list)
     statements: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -124,11 +151,16 @@ def figure4_observations(report: Any, *, top: int = 3) -> Figure4Observations:
     Raises:
         ParameterError: fewer than two conv layers with kernels larger than 1x1 and a circular spectrum.
     """
-    convs = [
-        layer
-        for layer in report.layers
-        if layer.kind == "conv" and any(k > 1 for k in layer.kernel_shape[2:]) and layer.sigma_max is not None
-    ]
+    convs, left_out = [], {}
+    for layer in report.layers:
+        if layer.kind != "conv":
+            left_out[layer.name] = "linear layer"
+        elif all(k == 1 for k in layer.kernel_shape[2:]):
+            left_out[layer.name] = "1x1 kernel"
+        elif layer.sigma_max is None:
+            left_out[layer.name] = f"no circular norm: {layer.error or layer.note or 'not computed'}"
+        else:
+            convs.append(layer)
     if len(convs) < 2:
         raise ParameterError(
             f"report: expected at least two conv layers with kernels larger than 1x1, got {len(convs)}"
@@ -176,6 +208,7 @@ def figure4_observations(report: Any, *, top: int = 3) -> Figure4Observations:
         f"{stable[0]:.3f} at layer 1, median {float(np.median(stable)):.3f}, {stable[-1]:.3f} at the last layer; "
         f"lowest at layer {lowest + 1} ({names[lowest]})."
     )
+    statements.append(_compared(n, len(report.layers), left_out))
     return Figure4Observations(
         layers=names,
         sigma_max=[float(v) for v in norms],
@@ -192,4 +225,5 @@ def figure4_observations(report: Any, *, top: int = 3) -> Figure4Observations:
         fraction_rises_then_tapers=fraction_rises and fraction_tapers,
         stable_rank_fraction=stable,
         statements=statements,
+        left_out=left_out,
     )
