@@ -45,6 +45,30 @@ def add_report_options(
             matplotlib_for=PLOT_SUFFIXES,
         )
     parser.add_argument("--log", action="store_true", help="logarithmic y axis in the Figure-4 plot")
+    parser.add_argument(
+        "--colormap",
+        metavar="NAME",
+        type=_colormap,
+        default="viridis",
+        help="colours of the plots by depth: viridis (default, colour-blind safe), paper (the paper's red to green) "
+        "or any matplotlib colormap name",
+    )
+
+
+def _colormap(text: str) -> str:
+    """``argparse`` type for --colormap: checked when the arguments are parsed, before any work."""
+    import importlib.util
+
+    from ..errors import ParameterError
+
+    if text == "paper" or importlib.util.find_spec("matplotlib") is None:  # no plot without matplotlib anyway
+        return text
+    from ..analysis.plots import check_colormap
+
+    try:
+        return str(check_colormap(text))
+    except ParameterError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("colormap: ")) from None
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,unused-ignore]
@@ -104,10 +128,10 @@ def write_outputs(report: Any, args: argparse.Namespace, *, include_spectra: boo
             write_text(args.csv, report.to_csv())
     if args.plot:
         with step(f"plotting {args.plot!r}"):
-            report.plot_spectra(args.plot, log=args.log)
+            report.plot_spectra(args.plot, log=args.log, colormap=args.colormap)
     if args.plot_norms:
         with step(f"plotting {args.plot_norms!r}"):
-            report.plot_sigma_max(args.plot_norms)  # bars on a log axis mislead: always linear
+            report.plot_sigma_max(args.plot_norms, colormap=args.colormap)  # bars on a log axis mislead: always linear
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,9 +15,10 @@ HELP = "singular values of every conv layer of a pretrained CIFAR ResNet, the pa
 DESCRIPTION = (
     "Figure 4 / Section 4.3: sorted singular values of every conv layer of a pretrained network "
     "(default: the CIFAR-10 ResNet-32 checkpoint resnet32-*.th in the folder named by $CONVSPECTRA_DATA), coloured "
-    "red (input) to green (output), and the paper's two observations checked on them: which layers have the largest "
-    "operator norms, and how the number of non-negligible singular values evolves with depth. A progress bar is "
-    "drawn on an interactive stderr."
+    "by depth (viridis: dark purple at the input to yellow at the output; --colormap paper for the paper's red to "
+    "green), and the paper's two observations checked on them (on the conv layers with kernels larger than 1x1, as "
+    "in the paper): which layers have the largest operator norms, and how the number of non-negligible singular "
+    "values evolves with depth. A progress bar is drawn on an interactive stderr."
 )
 
 
@@ -65,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
     log = sys.stderr if writes_to_stdout(args) else sys.stdout  # stdout carries the '-' output alone
     print(
         f"Figure 4 (Sedghi, Gupta & Long 2019, Section 4.3) on {args.model} with weights {args.weights}"
-        f"{' (BatchNorm folded)' if args.fold_bn else ''}: {len(observations.layers)} conv layers, "
-        f"{report.seconds:.1f} s",
+        f"{' (BatchNorm folded)' if args.fold_bn else ''}: {len(observations.layers)} conv layers with kernels "
+        f"larger than 1x1 compared, {report.seconds:.1f} s",
         file=log,
     )
     print(observations, file=log)
