@@ -209,7 +209,15 @@ def _styles(layers: Sequence[Any]) -> tuple[list[tuple[str, str | None, int, int
     """Per layer: (line style, marker, member, size of its geometry group); and the largest group."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for position, layer in enumerate(layers):
-        key = (layer.kind, layer.kernel_shape, layer.input_shape, layer.stride, layer.dilation, layer.groups)
+        key = (
+            layer.kind,
+            layer.kernel_shape,
+            layer.input_shape,
+            layer.stride,
+            layer.dilation,
+            layer.groups,
+            layer.transposed,
+        )
         groups.setdefault(key, []).append(position)
     styles: list[tuple[str, str | None, int, int]] = [("-", None, 0, 1)] * len(layers)
     for members in groups.values():
@@ -242,15 +250,10 @@ def _colorbar(figure: Any, axes: Any, colours: Sequence[Any], label: str) -> Any
     count = len(colours)
     norm = BoundaryNorm(np.arange(0.5, count + 1.5), count)
     bar = figure.colorbar(ScalarMappable(norm=norm, cmap=ListedColormap(list(colours))), ax=axes)
-    ticks = [
-        int(t) for t in MaxNLocator(nbins=8, steps=[1, 2, 5, 10], integer=True).tick_values(1, count) if 1 <= t <= count
-    ]
-    ticks = sorted({1, count, *ticks})
-    step = ticks[2] - ticks[1] if len(ticks) > 3 else 1
-    if len(ticks) > 3 and ticks[-1] - ticks[-2] < step / 2:
-        ticks.pop(-2)  # 1 and the last layer always have a tick: drop a round one too close to them
-    if len(ticks) > 3 and ticks[1] - ticks[0] < step / 2:
-        ticks.pop(1)
+    round_ticks = [int(t) for t in MaxNLocator(nbins=8, steps=[1, 2, 5, 10], integer=True).tick_values(1, count)]
+    step = round_ticks[1] - round_ticks[0] if len(round_ticks) > 1 else 1
+    # 1 and the last layer always have a tick; a round tick too close to either is dropped (labels would touch)
+    ticks = sorted({1, count, *(t for t in round_ticks if t - 1 >= 0.6 * step and count - t >= 0.6 * step)})
     bar.set_ticks(ticks)
     bar.set_ticklabels([str(t) for t in ticks])
     bar.minorticks_off()
