@@ -53,7 +53,7 @@ PAPER_COLORMAP = "paper"
 #: Line styles and markers given in turn to the layers of one geometry (input to output).
 _LINESTYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">")
-#: Points drawn per curve at most (a sorted spectrum is monotone: more are invisible, and make huge SVGs).
+#: Points drawn per curve at most (a sorted spectrum is monotone: more are invisible and slow the drawing).
 _MAX_POINTS = 4000
 
 
