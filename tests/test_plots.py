@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from convspectra.analysis import figure4_observations, plot_sigma_max, plot_spectra, spectral_report
-from convspectra.analysis.plots import DEFAULT_COLORMAP, PAPER_COLORMAP, check_colormap, layer_colours
+from convspectra.analysis.colours import DEFAULT_COLORMAP, PAPER_COLORMAP, check_colormap, layer_colours
 from convspectra.errors import ParameterError, ParameterTypeError
 
 matplotlib = pytest.importorskip("matplotlib", reason="matplotlib not installed (plot extra)")

@@ -63,7 +63,7 @@ def _colormap(text: str) -> str:
 
     if text == "paper" or importlib.util.find_spec("matplotlib") is None:  # no plot without matplotlib anyway
         return text
-    from ..analysis.plots import check_colormap
+    from ..analysis.colours import check_colormap
 
     try:
         return str(check_colormap(text))
