@@ -166,7 +166,8 @@ def test_gemm_matmul_and_batchnorm(tmp_path):
     report = onnx_report(path, fold_bn=True)
     conv, gemm, matmul = report.layers
     assert (conv.folded_batchnorm, gemm.kind, gemm.input_shape, matmul.input_shape) == ("bn", "linear", (4,), (5,))
-    folded = w * (scale / np.sqrt(var + 1e-3))[:, None, None, None]
+    eps = float(np.float32(1e-3))  # an ONNX float attribute is float32
+    folded = w * (scale / np.sqrt(var + eps))[:, None, None, None]
     assert conv.sigma_max == pytest.approx(cs.singular_values(folded, (5, 5))[0], rel=1e-12)
     assert gemm.sigma_max == pytest.approx(0.5 * np.linalg.norm(a, 2), rel=1e-12)
     assert matmul.sigma_max == pytest.approx(np.linalg.norm(b, 2), rel=1e-12)
