@@ -135,8 +135,8 @@ def load_tensor_file(path: str | os.PathLike[str], *, key: str | None = None) ->
 
     Args:
         path: a file holding one tensor, or a checkpoint (see the module docstring).
-        key: the tensor's name in the state dict (required when it holds several tensors; refused for
-            a file of a single bare tensor; optional for a state dict of one tensor).
+        key: the tensor's name in the state dict (required for a state dict, refused for a single
+            tensor; a ``.safetensors`` file of one tensor, its way of holding a single tensor, needs none).
 
     Returns:
         The tensor, detached, on the CPU.
@@ -161,7 +161,7 @@ def load_tensor_file(path: str | os.PathLike[str], *, key: str | None = None) ->
     state = _strip_prefixes(_unwrap(obj, name), _PREFIXES)
     names = sorted(state)
     listed = f"{names[:8]}" + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-    if key is None and len(state) == 1:  # e.g. a .safetensors file of one kernel
+    if key is None and len(state) == 1 and name.endswith(".safetensors"):  # its way of holding a bare tensor
         return next(iter(state.values())).detach()
     if key is None:
         raise ParameterError(
