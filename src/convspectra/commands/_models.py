@@ -119,8 +119,9 @@ def _prefixed(zoo: str, name: str) -> tuple[Any, tuple[int, ...]]:
     module, status = _installed(zoo)
     if module is None:
         raise ParameterError(f"model: {zoo}:{name} needs {zoo}, but {status}")
-    names = _zoo_names(zoo, module)
-    if name not in names:
+    known = module.is_model(name) if zoo == "timm" else name in _zoo_names(zoo, module)  # timm: tags too
+    if not known:
+        names = _zoo_names(zoo, module)
         close = difflib.get_close_matches(name, names, n=4)
         hint = f"; close names: {', '.join(close)}" if close else ""
         raise ParameterError(f"model: expected a {zoo} model name after '{zoo}:', got {name!r}{hint}")
