@@ -282,3 +282,15 @@ def test_a_file_that_is_not_onnx_is_one_line(tmp_path, capsys):
     assert main(["report", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "could not read" in err and "bad.onnx" in err
+
+
+def test_spectrum_refuses_the_own_padding_norm_of_pads_torch_cannot_express(tmp_path, capsys):
+    weight = np.random.default_rng(2).normal(size=(2, 3, 3, 3))
+    path = str(_one_node("Conv", weight, [1, 3, 8, 8], tmp_path / "odd.onnx", pads=[0, 0, 2, 2]))
+    assert main(["spectrum", path, "--layer", "layer", "--padding", "model"]) == 2
+    assert "--padding: 'model' for the layer 'layer': ONNX pads (0,2)x(0,2) are not a torch padding" in (
+        capsys.readouterr().err
+    )
+    assert main(["spectrum", path, "--layer", "w", "--json", "-"]) == 0  # by its weight's name; circular spectrum
+    values = np.array(json.loads(capsys.readouterr().out)["spectrum"])
+    np.testing.assert_allclose(values, cs.singular_values(weight, (8, 8)), rtol=0, atol=1e-12 * values[0])

@@ -192,12 +192,15 @@ def _onnx_layer(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any, Any
             f"on {'x'.join(map(str, c.input_shape))})"
             for c in found.calls[:12]
         )
-        more = f" and {len(found.calls) - 12} more" if len(found.calls) > 12 else ""
+        more = f" and {len(found.calls) - 12} more (convspectra report lists them)" if len(found.calls) > 12 else ""
         raise ParameterError(
             f"--layer: expected one of the {len(found.calls)} layers of {args.kernel!r}: {listed}{more}; got "
             + (repr(args.layer) if args.layer else "none")
         )
     module = call.module
+    note = found.layer_notes.get(call.name, "")
+    if args.padding == "model" and "not a torch padding" in note:
+        raise ParameterError(f"--padding: 'model' for the layer {call.name!r}: {note}")
     weight = to_numpy(module.weight.detach().double())
     if isinstance(module, torch.nn.Linear):  # a matrix: a 1x1 convolution on one point
         return weight[:, :, None], {"stride": 1, "dilation": 1, "groups": 1, "transposed": None}, 1, module
