@@ -72,6 +72,9 @@ CASES = [
     ("ConvTranspose", (3, 2, 3, 3), (4, 3), {"strides": [2, 2], "pads": [1, 1, 1, 1], "output_padding": [1, 1]}),
     ("ConvTranspose", (2, 2, 3, 3), (4, 4), {"strides": [2, 2], "pads": [0, 1, 1, 0]}),
     ("ConvTranspose", (2, 2, 3, 3), (3, 3), {"pads": [0, 0, 2, 1]}),  # stride 1, unequal: no torch padding
+    ("ConvTranspose", (2, 3, 3, 3), (4, 4), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
+    ("ConvTranspose", (2, 3, 3, 3), (4, 4), {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
+    ("ConvTranspose", (2, 3, 3, 3), (4, 4), {"auto_pad": "SAME_UPPER", "strides": [2, 2], "output_shape": [8, 7]}),
 ]
 
 
