@@ -432,3 +432,123 @@ def test_spectrum_warns_in_one_line_when_a_kernel_looks_channels_last(tmp_path, 
     assert captured.err == "" and json.loads(captured.out)["layout"] == "HWIO"
     assert main(["spectrum", str(tmp_path / "k.npy"), "--input-shape", "8", "--layout", "OIHW"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def _fake_zoo(monkeypatch, name: str, models: list[str], version: str = "9.9") -> list[tuple[str, object]]:
+    """A fake ``torchvision`` or ``timm`` in sys.modules; returns the list of (name, kwargs) it was asked to build."""
+    import types
+
+    import torch
+
+    built: list[tuple[str, object]] = []
+
+    def build(model_name, **kwargs):
+        built.append((model_name, kwargs))
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1))
+
+    fake = types.ModuleType(name)
+    fake.__version__ = version
+    if name == "torchvision":
+        fake.models = types.SimpleNamespace(list_models=lambda: list(models), get_model=build)
+    else:
+        fake.list_models = lambda: list(models)
+        fake.is_model = lambda n: n in models
+
+        def create_model(model_name, **kwargs):
+            model = build(model_name, **kwargs)
+            model.pretrained_cfg = {"input_size": (3, 12, 10)}
+            return model
+
+        fake.create_model = create_model
+    monkeypatch.setitem(sys.modules, name, fake)
+    return built
+
+
+def test_zoo_prefixes_build_without_pretrained_weights_at_the_zoo_input_size(monkeypatch, capsys):
+    from convspectra.commands._models import resolve_model
+
+    vision = _fake_zoo(monkeypatch, "torchvision", ["resnet18", "tiny"])
+    timm = _fake_zoo(monkeypatch, "timm", ["tiny", "vit_tiny"])
+    said: list[str] = []
+    _, shape = resolve_model("torchvision:tiny", notice=said.append)
+    assert shape == (3, 224, 224) and vision == [("tiny", {"weights": None})] and said == []
+    _, shape = resolve_model("timm:tiny", notice=said.append)
+    assert shape == (3, 12, 10) and timm == [("tiny", {"pretrained": False})] and said == []
+    _, shape = resolve_model("tiny", notice=said.append)  # bare: torchvision first, and it says so
+    assert said == ["tiny: the torchvision model (torchvision 9.9; timm:tiny asks timm)"]
+    _, shape = resolve_model("vit_tiny", notice=said.append)
+    assert shape == (3, 12, 10) and said[-1] == "vit_tiny: the timm model (timm 9.9)"
+    assert main(["report", "timm:tiny", "--csv", "-"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("0,0,Conv2d,conv,2x3x3x3,12x10")
+    assert main(["report", "tiny", "--input-shape", "3", "8", "8", "--quiet"]) == 0
+    assert (
+        capsys.readouterr().err.strip()
+        == "convspectra: tiny: the torchvision model (torchvision 9.9; timm:tiny asks timm)"
+    )
+
+
+def test_an_unknown_name_under_a_prefix_names_the_zoo_and_close_names(monkeypatch, capsys):
+    _fake_zoo(monkeypatch, "torchvision", ["resnet18", "resnet50", "vgg11"])
+    assert main(["report", "torchvision:resnet5"]) == 2
+    message = _one_line(capsys)
+    assert "model: expected a torchvision model name after 'torchvision:', got 'resnet5'" in message
+    assert "close names: resnet50, resnet18" in message
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    assert main(["report", "timm:resnet50"]) == 2
+    assert "model: timm:resnet50 needs timm, but timm not installed" in _one_line(capsys)
+
+
+def test_a_zoo_that_fails_to_import_is_one_line_for_prefixed_and_bare_names(tmp_path, monkeypatch, capsys):
+    for zoo in ("torchvision", "timm"):
+        (tmp_path / zoo).mkdir()
+        (tmp_path / zoo / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+        for name in [name for name in sys.modules if name == zoo or name.startswith(f"{zoo}.")]:
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    broken = "is installed but failed to import (RuntimeError: operator torchvision::nms does not exist)"
+    for zoo in ("torchvision", "timm"):
+        assert main(["report", f"{zoo}:resnet18"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert f"model: {zoo}:resnet18 needs {zoo}, but {zoo} {broken}" in err
+    assert main(["report", "resnet18"]) == 2
+    message = _one_line(capsys)
+    assert f"torchvision {broken}" in message and f"timm {broken}" in message and "got 'resnet18'" in message
+
+
+def test_a_bare_name_falls_back_to_timm_when_torchvision_is_broken(tmp_path, monkeypatch, capsys):
+    (tmp_path / "torchvision").mkdir()
+    (tmp_path / "torchvision" / "__init__.py").write_text(
+        "raise RuntimeError('operator torchvision::nms does not exist')\n"
+    )
+    for name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _fake_zoo(monkeypatch, "timm", ["tiny"])
+    assert main(["report", "tiny", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("convspectra: tiny: the timm model (timm 9.9; torchvision is installed but failed to import")
+
+
+def test_spectrum_of_safetensors_kernels(tmp_path, capsys):
+    safetensors = pytest.importorskip("safetensors.numpy", reason="safetensors not installed (optional)")
+    from conftest import oracle_singular_values
+
+    rng = np.random.default_rng(5)
+    kernel, other = rng.normal(size=(4, 3, 3, 3)), rng.normal(size=(4, 4, 3, 3))
+    safetensors.save_file({"k": kernel}, str(tmp_path / "one.safetensors"))
+    safetensors.save_file({"conv1.weight": kernel, "conv2.weight": other}, str(tmp_path / "two.safetensors"))
+    assert main(["spectrum", str(tmp_path / "one.safetensors"), "--input-shape", "5", "5", "--json", "-"]) == 0
+    values = np.array(json.loads(capsys.readouterr().out)["spectrum"])
+    np.testing.assert_allclose(values, oracle_singular_values(kernel, (5, 5)), rtol=0, atol=1e-12 * values[0])
+    two = str(tmp_path / "two.safetensors")
+    assert main(["spectrum", two, "--input-shape", "5", "--key", "conv2.weight", "--json", "-"]) == 0
+    values = np.array(json.loads(capsys.readouterr().out)["spectrum"])
+    np.testing.assert_allclose(values, oracle_singular_values(other, (5, 5)), rtol=0, atol=1e-12 * values[0])
+    assert main(["spectrum", two, "--input-shape", "5"]) == 2
+    assert "one of ['conv1.weight', 'conv2.weight']; got none" in _one_line(capsys)
+    assert main(["spectrum", two, "--input-shape", "5", "--key", "conv2.weigth"]) == 2
+    assert "got 'conv2.weigth' (close: conv2.weight" in _one_line(capsys)
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage that is no header")
+    assert main(["spectrum", str(tmp_path / "bad.safetensors"), "--input-shape", "5"]) == 2
+    assert "could not read" in _one_line(capsys)  # one line, status 2: not safetensors' own exception

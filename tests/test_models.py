@@ -62,3 +62,17 @@ def test_mismatch_and_bad_files_name_the_problem(tmp_path):
         cifar_resnet(21)
     with pytest.raises(ParameterError, match="resnet32"):
         get_model("resnet33")
+
+
+def test_a_safetensors_file_of_one_tensor_needs_no_key(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch", reason="safetensors not installed (optional)")
+    from convspectra.models.weights import load_tensor_file
+
+    kernel = torch.randn(4, 3, 3, 3)
+    safetensors.save_file({"whatever": kernel}, str(tmp_path / "one.safetensors"))
+    assert torch.equal(load_tensor_file(tmp_path / "one.safetensors"), kernel)
+    torch.save({"conv.weight": kernel}, tmp_path / "one.pt")  # a state dict of one tensor still names it
+    with pytest.raises(ParameterError, match=r"one of \['conv.weight'\]; got none"):
+        load_tensor_file(tmp_path / "one.pt")
+    with pytest.raises(ParameterError, match=r"got 'conv.weigth' \(close: conv.weight\)"):
+        load_tensor_file(tmp_path / "one.pt", key="conv.weigth")

@@ -79,10 +79,16 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description="Run one example input through MODEL, record each conv's real input size, and report every "
         "conv and linear layer's exact singular values (circular padding; with --padding model also the exact norm "
         "and certified bracket with the layer's own padding) and an UPPER bound on the network's Lipschitz constant. "
-        "MODEL: a built-in name (resnet20/32/44/56), a TorchScript file, 'package.module:callable', or a torchvision "
-        "/ timm model name when those are installed. A progress bar is drawn on an interactive stderr.",
+        "MODEL: a built-in name (resnet20/32/44/56), an ONNX file (its Conv/ConvTranspose/Gemm/MatMul layers, sizes "
+        "from ONNX shape inference, no forward pass), a TorchScript file, torchvision:NAME or timm:NAME, "
+        "'package.module:callable', or a bare torchvision / timm model name. A progress bar is drawn on an interactive "
+        "stderr.",
     )
-    report.add_argument("model", metavar="MODEL", help="built-in name, TorchScript file, or package.module:callable")
+    report.add_argument(
+        "model",
+        metavar="MODEL",
+        help="built-in name, model.onnx, TorchScript file, torchvision:NAME, timm:NAME or package.module:callable",
+    )
     report.add_argument(
         "--padding",
         choices=("circular", "model"),
@@ -136,12 +142,12 @@ def write_outputs(report: Any, args: argparse.Namespace, *, include_spectra: boo
 
 def run(args: argparse.Namespace) -> int:
     """Build the model, compute the report, print and write it."""
-    from ..analysis import spectral_report
+    from ._models import model_report
     from ._progress import progress_bar
 
     model, shape = build_model(args)
     with progress_bar("layers") as progress, step(f"computing the report of {args.model!r}"):
-        report = spectral_report(
+        report = model_report(
             model,
             shape,
             padding=args.padding,

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 
@@ -59,7 +60,10 @@ def _read(path: str | os.PathLike[str], name: str = "weights") -> object:
             raise ParameterError(
                 f"{name}: reading {path!r} needs the safetensors package (pip install safetensors)"
             ) from None
-        return dict(load_file(path, device="cpu"))
+        try:
+            return dict(load_file(path, device="cpu"))
+        except Exception as err:  # safetensors' own error type for a damaged or foreign file
+            raise ParameterError(f"{name}: could not read {path!r} as a safetensors file: {err}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for unreadable files
@@ -131,7 +135,8 @@ def load_tensor_file(path: str | os.PathLike[str], *, key: str | None = None) ->
 
     Args:
         path: a file holding one tensor, or a checkpoint (see the module docstring).
-        key: the tensor's name in the state dict (required for a state dict, refused for a single tensor).
+        key: the tensor's name in the state dict (required for a state dict, refused for a single
+            tensor; a ``.safetensors`` file of one tensor, its way of holding a single tensor, needs none).
 
     Returns:
         The tensor, detached, on the CPU.
@@ -156,12 +161,16 @@ def load_tensor_file(path: str | os.PathLike[str], *, key: str | None = None) ->
     state = _strip_prefixes(_unwrap(obj, name), _PREFIXES)
     names = sorted(state)
     listed = f"{names[:8]}" + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    if key is None and len(state) == 1 and name.endswith(".safetensors"):  # its way of holding a bare tensor
+        return next(iter(state.values())).detach()
     if key is None:
         raise ParameterError(
             f"key: expected the name of one tensor of the state dict in {name!r}, one of {listed}; got none"
         )
     if key not in state:
-        raise ParameterError(f"key: expected one of the names in {name!r}, {listed}; got {key!r}")
+        close = difflib.get_close_matches(key, names, n=3)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ParameterError(f"key: expected one of the names in {name!r}, {listed}; got {key!r}{hint}")
     return state[key].detach()
 
 
