@@ -327,7 +327,7 @@ def layers_report(
         >>> call = LayerCall("conv", torch.nn.Conv2d(2, 4, 3, padding=1), (8, 8), 1, None, None)
         >>> report = layers_report([call], model_name="one conv", input_shape=(1, 2, 8, 8))
         >>> report.layers[0].num_singular_values, report.network_bound.value
-        (256, None)
+        (128, None)
     """
     choice("padding", padding, PADDINGS)
     fold_bn = flag("fold_bn", fold_bn)
