@@ -86,17 +86,39 @@ def _output_shape(module: Any, size: tuple[int, ...], geometry: dict[str, Any]) 
     return tuple(n // s for n, s in zip(size, geometry["stride"], strict=True))
 
 
-def _model_norms(module: Any, size: tuple[int, ...], max_memory: int | None) -> tuple[float, float, float, str | None]:
-    """Operator norm with the module's own padding, its certified bracket, and a note if not converged."""
+#: The shortest time left in a layer's budget worth starting the iterative solver with (seconds).
+_MIN_SOLVER_S = 1e-3
+
+
+def _model_norms(
+    module: Any, size: tuple[int, ...], max_memory: int | None, *, refine: bool, time_left: float | None
+) -> tuple[float | None, float, float, str, str | None]:
+    """Own-padding norm: ``(value or None, lower, upper, status, note)`` (see ``LayerReport.sigma_max_model_status``).
+
+    ``time_left`` (seconds, or None for no limit) is what remains of the layer's budget: the
+    solver's ``time_limit``; when nothing is left, only the bracket is computed.
+    """
     from .. import operator_norm_bounds  # the public function, looked up when called
 
-    with warnings.catch_warnings():  # non-convergence is recorded in the layer's note instead
+    out_of_time = time_left is not None and time_left < _MIN_SOLVER_S
+    options: dict[str, Any] = {"padding": "module", "max_memory": max_memory}
+    if not refine or out_of_time:
+        options["refine"] = False
+    elif time_left is not None:
+        options["time_limit"] = time_left
+    with warnings.catch_warnings():  # non-convergence is recorded in the layer's status and note instead
         warnings.simplefilter("ignore", ConvergenceWarning)
-        bounds = operator_norm_bounds(module, size, padding="module", max_memory=max_memory)  # carries the value
-    note = None
-    if not bounds.converged:
-        note = "own-padding norm: the iterative solver stopped at its budget; sigma_max_model is a lower bound"
-    return float(bounds.value), float(bounds.lower), float(bounds.upper), note
+        bounds = operator_norm_bounds(module, size, **options)  # carries the value
+    lower, upper = float(bounds.lower), float(bounds.upper)
+    if bounds.converged:
+        return float(bounds.value), lower, upper, "exact", None
+    if not refine:
+        return None, lower, upper, "bracket (requested)", None
+    if out_of_time or "stopped at time_limit" in bounds.method:
+        why = "the layer's time budget (layer_timeout) ran out"
+        return None, lower, upper, "bracket (time limit)", f"own-padding norm: certified bracket only, {why}"
+    why = "the iterative solver reached max_iter"
+    return None, lower, upper, "bracket (max_iter)", f"own-padding norm: certified bracket only, {why}"
 
 
 def _joined(*notes: str | None) -> str | None:
@@ -154,6 +176,8 @@ def _analyse(
     full_spectrum: bool,
     relative_threshold: float,
     max_memory: int | None,
+    layer_timeout: float | None,
+    refine: bool,
 ) -> LayerReport:
     start = time.perf_counter()
     layer: Any = detached_copy(call.module)  # float64 on the CPU: analysis precision, the model is not touched
@@ -180,12 +204,16 @@ def _analyse(
         except ParameterError as err:  # e.g. a stride that does not divide the input: no circulant operator
             note = _joined(note, f"no circular spectrum: {err}")
     summary = spectrum_summary(spectrum, relative_threshold) if spectrum is not None else dict.fromkeys(SUMMARY_FIELDS)
-    model_exact = model_lower = model_upper = None
+    model_exact = model_lower = model_upper = status = None
     if linear:
         model_exact = model_lower = model_upper = summary["sigma_max"]
+        status = "exact" if model_exact is not None else None
     elif padding == "model":
+        time_left = None if layer_timeout is None else layer_timeout - (time.perf_counter() - start)
         try:
-            model_exact, model_lower, model_upper, solver_note = _model_norms(layer, call.input_shape, max_memory)
+            model_exact, model_lower, model_upper, status, solver_note = _model_norms(
+                layer, call.input_shape, max_memory, refine=refine, time_left=time_left
+            )
             note = _joined(note, solver_note)
         except MemoryBudgetError:
             raise
@@ -210,11 +238,24 @@ def _analyse(
         sigma_max_model=model_exact,
         sigma_max_model_lower=model_lower,
         sigma_max_model_upper=model_upper,
+        sigma_max_model_status=status,
         note=note,
         spectrum=spectrum if full_spectrum else None,
         seconds=time.perf_counter() - start,
         **summary,
     )
+
+
+def _check_norm_options(padding: str, layer_timeout: Any, refine: Any) -> tuple[float | None, bool]:
+    refine = flag("refine", refine)
+    if layer_timeout is not None:
+        layer_timeout = real("layer_timeout", layer_timeout, minimum=0.0, open_below=True)
+    if padding != "model" and (layer_timeout is not None or not refine):
+        what = "layer_timeout" if layer_timeout is not None else "refine"
+        raise ParameterError(
+            f"{what}: applies to the own-padding norms, expected padding='model' with it, got padding={padding!r}"
+        )
+    return layer_timeout, refine
 
 
 def spectral_report(
@@ -227,6 +268,9 @@ def spectral_report(
     relative_threshold: float = 1e-3,
     progress: Callable[[int, int, str], None] | None = None,
     max_memory: int | None = None,
+    layer_timeout: float | None = None,
+    refine: bool = True,
+    checkpoint: Callable[[SpectralReport], None] | None = None,
 ) -> SpectralReport:
     """The spectral report of every conv and linear layer of ``model`` (see the module docstring).
 
@@ -246,6 +290,19 @@ def spectral_report(
         progress: called as ``progress(done, total, layer_name)`` after each layer (failed ones too).
         max_memory: memory budget in bytes of each layer's computation (default
             :data:`convspectra.DEFAULT_MEMORY_BUDGET`); a layer over it is recorded as failed.
+        layer_timeout: seconds each layer may take (``padding="model"``): the own-padding
+            solver gets what is left of it after the layer's circular spectrum as its
+            ``time_limit``, and a layer that runs out reports its certified bracket instead of
+            the refined value (``sigma_max_model_status`` ``"bracket (time limit)"``). The bracket
+            itself (a circular norm on an enlarged grid) is always computed, so a layer can take
+            somewhat longer. None: no limit.
+        refine: False (``padding="model"``): the certified bracket of every own-padding norm
+            only, no iterative refinement (``"bracket (requested)"``; fast).
+        checkpoint: called as ``checkpoint(partial)`` with a partial report (``complete`` False,
+            ``missing_layers`` the layers not reported yet, no network bound) once the layers are
+            known and again after each layer: e.g. to write it to a file, so that an interrupted
+            run leaves its results (what ``convspectra report --json`` does). An exception it
+            raises (``KeyboardInterrupt`` included) stops the report.
 
     Returns:
         A :class:`~convspectra.analysis.SpectralReport`. A layer whose computation fails does
@@ -253,7 +310,8 @@ def spectral_report(
 
     Raises:
         ParameterTypeError: ``model`` is not a module, bad ``example_input`` or ``max_memory``.
-        ParameterError: bad ``padding``/``relative_threshold``/``max_memory``, or the model fails
+        ParameterError: bad ``padding``/``relative_threshold``/``max_memory``/``layer_timeout``,
+            ``layer_timeout`` or ``refine=False`` without ``padding="model"``, or the model fails
             on the example.
 
     Example:
@@ -270,6 +328,7 @@ def spectral_report(
     fold_bn = flag("fold_bn", fold_bn)
     full_spectrum = flag("full_spectrum", full_spectrum)
     threshold = real("relative_threshold", relative_threshold, minimum=0.0, maximum=1.0, open_above=True)
+    layer_timeout, refine = _check_norm_options(padding, layer_timeout, refine)
     if max_memory is not None:
         max_memory = resolve_budget(max_memory)  # checked before any work
     if not isinstance(model, nn.Module):
@@ -288,6 +347,9 @@ def spectral_report(
         relative_threshold=threshold,
         progress=progress,
         max_memory=max_memory,
+        layer_timeout=layer_timeout,
+        refine=refine,
+        checkpoint=checkpoint,
     )
     bound = network_bound(model, example, report.layers, padding=padding)
     return dataclasses.replace(report, network_bound=bound, seconds=time.perf_counter() - start)
@@ -305,6 +367,9 @@ def layers_report(
     progress: Callable[[int, int, str], None] | None = None,
     max_memory: int | None = None,
     network_bound: NetworkBound | None = None,
+    layer_timeout: float | None = None,
+    refine: bool = True,
+    checkpoint: Callable[[SpectralReport], None] | None = None,
 ) -> SpectralReport:
     """The report of given layers, without a forward pass: what :func:`spectral_report` runs on
     the layers it collected (and what a model from another framework, e.g. ONNX, is reported by).
@@ -312,8 +377,8 @@ def layers_report(
     Args:
         calls: the layers with the input sizes they see (:class:`~convspectra.analysis.walk.LayerCall`).
         model_name, input_shape: what the report says it describes (``input_shape`` with batch axis).
-        padding, fold_bn, full_spectrum, relative_threshold, progress, max_memory: as
-            :func:`spectral_report`.
+        padding, fold_bn, full_spectrum, relative_threshold, progress, max_memory, layer_timeout,
+            refine, checkpoint: as :func:`spectral_report`.
         network_bound: the network bound to record (default: "not available", since the graph
             between the layers is not known here).
 
@@ -325,21 +390,47 @@ def layers_report(
         >>> from convspectra.analysis import layers_report
         >>> from convspectra.analysis.walk import LayerCall
         >>> call = LayerCall("conv", torch.nn.Conv2d(2, 4, 3, padding=1), (8, 8), 1, None, None)
-        >>> report = layers_report([call], model_name="one conv", input_shape=(1, 2, 8, 8))
-        >>> report.layers[0].num_singular_values, report.network_bound.value
-        (256, None)
+        >>> partial = []
+        >>> report = layers_report([call], model_name="one conv", input_shape=(1, 2, 8, 8), padding="model",
+        ...                        refine=False, checkpoint=partial.append)
+        >>> [(len(p.layers), p.missing_layers, p.complete) for p in partial], report.complete
+        ([(0, ['conv'], False), (1, [], False)], True)
+        >>> report.layers[0].sigma_max_model_status, report.layers[0].sigma_max_model
+        ('bracket (requested)', None)
     """
     choice("padding", padding, PADDINGS)
     fold_bn = flag("fold_bn", fold_bn)
     full_spectrum = flag("full_spectrum", full_spectrum)
     threshold = real("relative_threshold", relative_threshold, minimum=0.0, maximum=1.0, open_above=True)
+    layer_timeout, refine = _check_norm_options(padding, layer_timeout, refine)
     if max_memory is not None:
         max_memory = resolve_budget(max_memory)  # checked before any work
     from .. import __version__
 
     start = time.perf_counter()
-    layers = []
+    layers: list[LayerReport] = []
     notes: list[str] = []
+    names = [call.name for call in calls]
+
+    def report(**changes: Any) -> SpectralReport:
+        return SpectralReport(
+            model=model_name,
+            input_shape=tuple(int(s) for s in input_shape),
+            padding=padding,
+            fold_bn=fold_bn,
+            relative_threshold=threshold,
+            layers=list(layers),
+            network_bound=NetworkBound(None, padding, "not computed: the report is partial"),
+            seconds=time.perf_counter() - start,
+            version=__version__,
+            notes=list(notes),
+            layer_timeout=layer_timeout,
+            refine=refine,
+            **changes,
+        )
+
+    if checkpoint is not None:
+        checkpoint(report(complete=False, missing_layers=names))
     # Per-layer LAPACK calls on small matrices lose to OpenBLAS's own threads (3-5x on a loaded
     # 2-core machine); the engine's worker pool, used for large layers, limits them itself.
     with single_threaded_blas():
@@ -354,6 +445,8 @@ def layers_report(
                     full_spectrum=full_spectrum,
                     relative_threshold=threshold,
                     max_memory=max_memory,
+                    layer_timeout=layer_timeout,
+                    refine=refine,
                 )
             except Exception as err:
                 row = _failed(index, call, err, time.perf_counter() - layer_start)
@@ -361,17 +454,8 @@ def layers_report(
             layers.append(row)
             if progress is not None:
                 progress(index + 1, len(calls), call.name)
+            if checkpoint is not None:
+                checkpoint(report(complete=False, missing_layers=names[index + 1 :]))
     if network_bound is None:
         network_bound = NetworkBound(None, padding, "not available: the graph between the layers is not known")
-    return SpectralReport(
-        model=model_name,
-        input_shape=tuple(int(s) for s in input_shape),
-        padding=padding,
-        fold_bn=fold_bn,
-        relative_threshold=threshold,
-        layers=layers,
-        network_bound=network_bound,
-        seconds=time.perf_counter() - start,
-        version=__version__,
-        notes=notes,
-    )
+    return dataclasses.replace(report(), network_bound=network_bound)
