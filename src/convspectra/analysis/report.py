@@ -452,10 +452,10 @@ def layers_report(
                 row = _failed(index, call, err, time.perf_counter() - layer_start)
                 notes.append(f"layer {call.name!r} ({row.type}) failed, its numbers are missing: {row.error}")
             layers.append(row)
+            if checkpoint is not None:  # first: an interruption in progress() finds the layer saved
+                checkpoint(report(complete=False, missing_layers=names[index + 1 :]))
             if progress is not None:
                 progress(index + 1, len(calls), call.name)
-            if checkpoint is not None:
-                checkpoint(report(complete=False, missing_layers=names[index + 1 :]))
     if network_bound is None:
         network_bound = NetworkBound(None, padding, "not available: the graph between the layers is not known")
     return dataclasses.replace(report(), network_bound=network_bound)
