@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,8 +52,9 @@ from .._backend import module_geometry
 from .._checks import choice, flag, real
 from .._memory import resolve_budget
 from .._threads import single_threaded_blas
-from ..errors import ConvergenceWarning, MemoryBudgetError, ParameterError, ParameterTypeError
+from ..errors import MemoryBudgetError, ParameterError, ParameterTypeError
 from ..spectrum import singular_values
+from ._layer import LINEAR_GEOMETRY, describe_padding, failed_row, joined, model_norms, output_shape
 from .folding import fold_batchnorm
 from .lipschitz import network_bound
 from .records import LayerReport, NetworkBound, SpectralReport
@@ -65,106 +65,6 @@ __all__ = ["PADDINGS", "layers_report", "spectral_report"]
 
 #: The values of ``spectral_report(padding=...)``.
 PADDINGS = ("circular", "model")
-
-#: The geometry of a Linear layer, in the shape of :func:`convspectra._backend.module_geometry`.
-_LINEAR_GEOMETRY: dict[str, Any] = {"stride": (1,), "dilation": (1,), "groups": 1, "transposed": False}
-
-
-def _describe_padding(module: Any) -> tuple[str, str]:
-    if isinstance(module, nn.Linear):
-        return "none", "none"
-    padding = module.padding
-    text = padding if isinstance(padding, str) else "x".join(map(str, padding))
-    return text, str(module.padding_mode)
-
-
-def _output_shape(module: Any, size: tuple[int, ...], geometry: dict[str, Any]) -> tuple[int, ...]:
-    if isinstance(module, nn.Linear):
-        return (int(module.out_features),)
-    if geometry["transposed"]:
-        return tuple(n * s for n, s in zip(size, geometry["stride"], strict=True))
-    return tuple(n // s for n, s in zip(size, geometry["stride"], strict=True))
-
-
-#: The shortest time left in a layer's budget worth starting the iterative solver with (seconds).
-_MIN_SOLVER_S = 1e-3
-
-
-def _model_norms(
-    module: Any, size: tuple[int, ...], max_memory: int | None, *, refine: bool, time_left: float | None
-) -> tuple[float | None, float, float, str, str | None]:
-    """Own-padding norm: ``(value or None, lower, upper, status, note)`` (see ``LayerReport.sigma_max_model_status``).
-
-    ``time_left`` (seconds, or None for no limit) is what remains of the layer's budget: the
-    solver's ``time_limit``; when nothing is left, only the bracket is computed.
-    """
-    from .. import operator_norm_bounds  # the public function, looked up when called
-
-    out_of_time = time_left is not None and time_left < _MIN_SOLVER_S
-    options: dict[str, Any] = {"padding": "module", "max_memory": max_memory}
-    if not refine or out_of_time:
-        options["refine"] = False
-    elif time_left is not None:
-        options["time_limit"] = time_left
-    with warnings.catch_warnings():  # non-convergence is recorded in the layer's status and note instead
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        bounds = operator_norm_bounds(module, size, **options)  # carries the value
-    lower, upper = float(bounds.lower), float(bounds.upper)
-    if bounds.converged:
-        return float(bounds.value), lower, upper, "exact", None
-    if not refine:
-        return None, lower, upper, "bracket (requested)", None
-    if out_of_time or "stopped at time_limit" in bounds.method:
-        why = "the layer's time budget (layer_timeout) ran out"
-        return None, lower, upper, "bracket (time limit)", f"own-padding norm: certified bracket only, {why}"
-    why = "the iterative solver reached max_iter"
-    return None, lower, upper, "bracket (max_iter)", f"own-padding norm: certified bracket only, {why}"
-
-
-def _joined(*notes: str | None) -> str | None:
-    return "; ".join(note for note in notes if note) or None
-
-
-def _error_text(error: BaseException) -> str:
-    """``Type: first line of the message`` (at most 300 characters)."""
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(error).__name__}: {first[:300]}" if first else type(error).__name__
-
-
-def _failed(index: int, call: LayerCall, error: BaseException, seconds: float) -> LayerReport:
-    """The row of a layer whose computation raised ``error``: what the walk knows, no numbers."""
-    module: Any = call.module
-    linear = isinstance(module, nn.Linear)
-    try:
-        geometry = _LINEAR_GEOMETRY if linear else module_geometry(module)
-        output_shape = _output_shape(module, call.input_shape, geometry)
-        pad_text, pad_mode = _describe_padding(module)
-    except Exception:
-        geometry = {"stride": (), "dilation": (), "groups": 1, "transposed": False}
-        output_shape, pad_text, pad_mode = (), "unknown", "unknown"
-    weight = getattr(module, "weight", None)
-    shape = getattr(weight, "shape", ())
-    return LayerReport(
-        index=index,
-        name=call.name,
-        type=type(module).__name__,
-        kind="linear" if linear else "conv",
-        kernel_shape=tuple(int(s) for s in shape),
-        input_shape=tuple(call.input_shape),
-        output_shape=output_shape,
-        stride=tuple(geometry["stride"]),
-        dilation=tuple(geometry["dilation"]),
-        groups=int(geometry["groups"]),
-        padding=pad_text,
-        padding_mode=pad_mode,
-        transposed=bool(geometry["transposed"]),
-        calls=call.calls,
-        folded_batchnorm=None,
-        seconds=seconds,
-        error=_error_text(error),
-        **dict.fromkeys(SUMMARY_FIELDS),
-    )
 
 
 def _analyse(
@@ -190,8 +90,8 @@ def _analyse(
         except ParameterError as err:
             note = f"BatchNorm {call.batchnorm_name} not folded: {err}"
     linear = isinstance(layer, nn.Linear)
-    geometry = _LINEAR_GEOMETRY if linear else module_geometry(layer)
-    pad_text, pad_mode = _describe_padding(layer)
+    geometry = LINEAR_GEOMETRY if linear else module_geometry(layer)
+    pad_text, pad_mode = describe_padding(layer)
     weight = layer.weight.detach().numpy()
     spectrum: np.ndarray | None = None
     if linear:
@@ -202,7 +102,7 @@ def _analyse(
         except MemoryBudgetError:  # defined but not computed: the layer failed (see the module docstring)
             raise
         except ParameterError as err:  # e.g. a stride that does not divide the input: no circulant operator
-            note = _joined(note, f"no circular spectrum: {err}")
+            note = joined(note, f"no circular spectrum: {err}")
     summary = spectrum_summary(spectrum, relative_threshold) if spectrum is not None else dict.fromkeys(SUMMARY_FIELDS)
     model_exact = model_lower = model_upper = status = None
     if linear:
@@ -211,14 +111,14 @@ def _analyse(
     elif padding == "model":
         time_left = None if layer_timeout is None else layer_timeout - (time.perf_counter() - start)
         try:
-            model_exact, model_lower, model_upper, status, solver_note = _model_norms(
+            model_exact, model_lower, model_upper, status, solver_note = model_norms(
                 layer, call.input_shape, max_memory, refine=refine, time_left=time_left
             )
-            note = _joined(note, solver_note)
+            note = joined(note, solver_note)
         except MemoryBudgetError:
             raise
         except ParameterError as err:  # e.g. reflect/replicate padding: not a fixed linear map
-            note = _joined(note, f"no own-padding norm: {err}")
+            note = joined(note, f"no own-padding norm: {err}")
     return LayerReport(
         index=index,
         name=call.name,
@@ -226,7 +126,7 @@ def _analyse(
         kind="linear" if linear else "conv",
         kernel_shape=tuple(int(s) for s in weight.shape),
         input_shape=tuple(call.input_shape),
-        output_shape=_output_shape(layer, call.input_shape, geometry),
+        output_shape=output_shape(layer, call.input_shape, geometry),
         stride=geometry["stride"],
         dilation=geometry["dilation"],
         groups=geometry["groups"],
@@ -449,7 +349,7 @@ def layers_report(
                     refine=refine,
                 )
             except Exception as err:
-                row = _failed(index, call, err, time.perf_counter() - layer_start)
+                row = failed_row(index, call, err, time.perf_counter() - layer_start)
                 notes.append(f"layer {call.name!r} ({row.type}) failed, its numbers are missing: {row.error}")
             layers.append(row)
             if checkpoint is not None:  # first: an interruption in progress() finds the layer saved
