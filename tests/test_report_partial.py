@@ -159,29 +159,67 @@ def test_bad_norm_options_are_refused_before_any_work(options, error, words):
 # --- failing layers: recorded, never an abort -----------------------------------------------------------
 
 
-def test_a_layer_raising_inside_the_solver_and_one_refused_by_its_budget_are_both_recorded(monkeypatch):
+def _solver_for_the_first_conv(monkeypatch, behaviour) -> list[dict]:
+    """Make ``operator_norm_bounds`` on the first conv (2 input channels) do ``behaviour(kwargs)``; record its calls."""
     public = cs.operator_norm_bounds
-    calls = []
+    seen: list[dict] = []
 
     def solver(module, size, **kwargs):
-        calls.append(module.out_channels)
-        if len(calls) == 1:
-            raise RuntimeError("LAPACK routine failed")
-        if len(calls) == 2:
-            return public(module, size, **{**kwargs, "max_memory": 1024})  # the solver's own refusal
+        if module.in_channels == 2:
+            seen.append(kwargs)
+            return behaviour(lambda **changes: public(module, size, **{**kwargs, **changes}), kwargs)
         return public(module, size, **kwargs)
 
     monkeypatch.setattr(cs, "operator_norm_bounds", solver)
+    return seen
+
+
+def test_a_layer_raising_inside_the_solver_keeps_its_circular_numbers_and_is_recorded(monkeypatch):
+    def raising(solve, kwargs):
+        raise RuntimeError("LAPACK routine failed")
+
+    _solver_for_the_first_conv(monkeypatch, raising)
     model = _zero_padded_model()
     report = spectral_report(model, (2, 8, 8), padding="model")
-    raised, refused, fine, head = report.layers
-    assert raised.error == "RuntimeError: LAPACK routine failed" and raised.sigma_max is None
-    assert refused.error.startswith("MemoryBudgetError: max_memory: ") and refused.sigma_max_model_status is None
-    assert not fine.failed and fine.sigma_max_model_status == "exact" and not head.failed
-    assert [note.split(" failed")[0] for note in report.notes] == ["layer '0' (Conv2d)", "layer '2' (Conv2d)"]
+    first = report.layers[0]
+    assert first.failed and first.error == "own-padding norm: RuntimeError: LAPACK routine failed"
+    assert first.sigma_max == pytest.approx(float(cs.singular_values(model[0].weight.detach().double(), 8)[0]))
+    assert first.sigma_max_model is first.sigma_max_model_upper is first.sigma_max_model_status is None
+    assert all(layer.sigma_max_model_status == "exact" for layer in report.layers[1:])
+    assert report.notes == [
+        "layer '0' (Conv2d): its own-padding norm failed, its circular numbers are there: "
+        "own-padding norm: RuntimeError: LAPACK routine failed"
+    ]
+    assert report.network_bound.value is None and "failed: own-padding norm" in report.network_bound.description
     validate_report(json.loads(report.to_json()))
-    with pytest.raises(MemoryBudgetError):  # the refusal above is the real one
-        public(model[2], (4, 4), padding="module", max_memory=1024)
+
+
+def test_a_refinement_over_the_memory_budget_falls_back_to_the_bracket(monkeypatch):
+    def tight_refinement(solve, kwargs):  # the solver's own refusal when refining; the bracket fits
+        return solve(max_memory=1024) if kwargs.get("refine", True) else solve()
+
+    seen = _solver_for_the_first_conv(monkeypatch, tight_refinement)
+    model = _zero_padded_model()
+    report = spectral_report(model, (2, 8, 8), padding="model")
+    first = report.layers[0]
+    assert [kwargs.get("refine", True) for kwargs in seen] == [True, False]
+    assert first.sigma_max_model_status == "bracket (memory budget)" and first.sigma_max_model is None
+    assert "over the memory budget (MemoryBudgetError: max_memory: " in first.note and not first.failed
+    _assert_brackets_hold(report, model)
+    assert report.notes == [] and report.network_bound.value is not None
+    validate_report(report.to_dict())
+
+
+def test_a_bracket_over_the_memory_budget_is_recorded_with_the_circular_numbers(monkeypatch):
+    _solver_for_the_first_conv(monkeypatch, lambda solve, kwargs: solve(max_memory=1024))
+    report = spectral_report(_zero_padded_model(), (2, 8, 8), padding="model")
+    first = report.layers[0]
+    assert first.error.startswith("own-padding norm: MemoryBudgetError: max_memory: ")
+    assert first.sigma_max is not None and first.sigma_max_model_status is None
+    assert len(report.notes) == 1 and report.notes[0].startswith("layer '0' (Conv2d): its own-padding norm failed")
+    validate_report(report.to_dict())
+    with pytest.raises(MemoryBudgetError):  # the refusal above is the solver's own
+        cs.operator_norm_bounds(nn.Conv2d(2, 4, 3, padding=1), (8, 8), padding="module", refine=False, max_memory=1024)
 
 
 # --- partial reports: the checkpoint hook and the files ------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from .._backend import module_geometry
-from ..errors import ConvergenceWarning
+from ..errors import ConvergenceWarning, MemoryBudgetError
 from .records import LayerReport
 from .summary import SUMMARY_FIELDS
 from .walk import LayerCall
@@ -60,7 +60,9 @@ def model_norms(
     """Own-padding norm: ``(value or None, lower, upper, status, note)`` (see ``LayerReport.sigma_max_model_status``).
 
     ``time_left`` (seconds, or None for no limit) is what remains of the layer's budget: the
-    solver's ``time_limit``; when nothing is left, only the bracket is computed.
+    solver's ``time_limit``; when nothing is left, only the bracket is computed. When the
+    refinement is refused by the memory budget, the bracket alone is computed (status
+    ``"bracket (memory budget)"``); a refusal of the bracket itself is raised.
     """
     from .. import operator_norm_bounds  # the public function, looked up when called
 
@@ -70,14 +72,24 @@ def model_norms(
         options["refine"] = False
     elif time_left is not None:
         options["time_limit"] = time_left
+    refused = None
     with warnings.catch_warnings():  # non-convergence is recorded in the layer's status and note instead
         warnings.simplefilter("ignore", ConvergenceWarning)
-        bounds = operator_norm_bounds(module, size, **options)  # carries the value
+        try:
+            bounds = operator_norm_bounds(module, size, **options)  # carries the value
+        except MemoryBudgetError as err:  # the refinement does not fit: the bracket alone may (else: raised)
+            if options.get("refine", True) is False:
+                raise
+            refused = err
+            bounds = operator_norm_bounds(module, size, **{**options, "refine": False, "time_limit": None})
     lower, upper = float(bounds.lower), float(bounds.upper)
     if bounds.converged:
         return float(bounds.value), lower, upper, "exact", None
     if not refine:
         return None, lower, upper, "bracket (requested)", None
+    if refused is not None:
+        why = f"the refinement is over the memory budget ({error_text(refused)})"
+        return None, lower, upper, "bracket (memory budget)", f"own-padding norm: certified bracket only, {why}"
     if out_of_time or "stopped at time_limit" in bounds.method:
         why = "the layer's time budget (layer_timeout) ran out"
         return None, lower, upper, "bracket (time limit)", f"own-padding norm: certified bracket only, {why}"

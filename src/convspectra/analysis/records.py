@@ -47,7 +47,13 @@ __all__ = [
 SCHEMA_VERSION = 3
 
 #: The values of :attr:`LayerReport.sigma_max_model_status` (None: no own-padding norm was computed).
-MODEL_NORM_STATUSES = ("exact", "bracket (requested)", "bracket (time limit)", "bracket (max_iter)")
+MODEL_NORM_STATUSES = (
+    "exact",
+    "bracket (requested)",
+    "bracket (time limit)",
+    "bracket (max_iter)",
+    "bracket (memory budget)",
+)
 
 #: Columns of :meth:`SpectralReport.to_csv`, in order (every scalar field of :class:`LayerReport`).
 CSV_COLUMNS = tuple(name for name in LAYER_FIELDS if name != "spectrum")
@@ -69,8 +75,13 @@ class LayerReport:
     ``rtol``, inside the certified ``[sigma_max_model_lower, sigma_max_model_upper]``), or
     ``"bracket (...)"``: only the certified bracket is known (``sigma_max_model`` is None),
     because it was asked for (``refine=False``), the layer's time budget ran out
-    (``layer_timeout``) or the solver reached ``max_iter``. None when no own-padding norm was
-    computed (``padding="circular"``, a failed layer, a padding that is not a fixed linear map).
+    (``layer_timeout``), the solver reached ``max_iter`` or the refinement was over the memory
+    budget (``max_memory``). None when no own-padding norm was computed (``padding="circular"``,
+    a failed layer, a padding that is not a fixed linear map).
+
+    ``error`` may also be set on a row that has its circular numbers: when only its own-padding
+    norm failed (e.g. even its bracket is over the memory budget); it then starts with
+    ``"own-padding norm: "``.
     """
 
     index: int

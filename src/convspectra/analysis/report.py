@@ -54,7 +54,7 @@ from .._memory import resolve_budget
 from .._threads import single_threaded_blas
 from ..errors import MemoryBudgetError, ParameterError, ParameterTypeError
 from ..spectrum import singular_values
-from ._layer import LINEAR_GEOMETRY, describe_padding, failed_row, joined, model_norms, output_shape
+from ._layer import LINEAR_GEOMETRY, describe_padding, error_text, failed_row, joined, model_norms, output_shape
 from .folding import fold_batchnorm
 from .lipschitz import network_bound
 from .records import LayerReport, NetworkBound, SpectralReport
@@ -104,7 +104,7 @@ def _analyse(
         except ParameterError as err:  # e.g. a stride that does not divide the input: no circulant operator
             note = joined(note, f"no circular spectrum: {err}")
     summary = spectrum_summary(spectrum, relative_threshold) if spectrum is not None else dict.fromkeys(SUMMARY_FIELDS)
-    model_exact = model_lower = model_upper = status = None
+    model_exact = model_lower = model_upper = status = own_error = None
     if linear:
         model_exact = model_lower = model_upper = summary["sigma_max"]
         status = "exact" if model_exact is not None else None
@@ -115,10 +115,12 @@ def _analyse(
                 layer, call.input_shape, max_memory, refine=refine, time_left=time_left
             )
             note = joined(note, solver_note)
-        except MemoryBudgetError:
-            raise
+        except MemoryBudgetError as err:  # even the bracket is over the budget: the circular numbers stay
+            own_error = f"own-padding norm: {error_text(err)}"
         except ParameterError as err:  # e.g. reflect/replicate padding: not a fixed linear map
             note = joined(note, f"no own-padding norm: {err}")
+        except Exception as err:  # the solver failed: the circular numbers stay, the error is recorded
+            own_error = f"own-padding norm: {error_text(err)}"
     return LayerReport(
         index=index,
         name=call.name,
@@ -142,6 +144,7 @@ def _analyse(
         note=note,
         spectrum=spectrum if full_spectrum else None,
         seconds=time.perf_counter() - start,
+        error=own_error,
         **summary,
     )
 
@@ -351,6 +354,12 @@ def layers_report(
             except Exception as err:
                 row = failed_row(index, call, err, time.perf_counter() - layer_start)
                 notes.append(f"layer {call.name!r} ({row.type}) failed, its numbers are missing: {row.error}")
+            else:
+                if row.error is not None:
+                    notes.append(
+                        f"layer {call.name!r} ({row.type}): its own-padding norm failed, its circular numbers are "
+                        f"there: {row.error}"
+                    )
             layers.append(row)
             if checkpoint is not None:  # first: an interruption in progress() finds the layer saved
                 checkpoint(report(complete=False, missing_layers=names[index + 1 :]))

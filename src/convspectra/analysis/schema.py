@@ -61,7 +61,14 @@ _LAYER: dict[str, Any] = {
         "sigma_max_model_lower": {**_NONNEG_OR_NULL, "description": "certified lower bound"},
         "sigma_max_model_upper": {**_NONNEG_OR_NULL, "description": "certified upper bound"},
         "sigma_max_model_status": {
-            "enum": ["exact", "bracket (requested)", "bracket (time limit)", "bracket (max_iter)", None],
+            "enum": [
+                "exact",
+                "bracket (requested)",
+                "bracket (time limit)",
+                "bracket (max_iter)",
+                "bracket (memory budget)",
+                None,
+            ],
             "description": "exact: sigma_max_model is the norm to rtol; bracket (why): only the certified bracket is "
             "known and sigma_max_model is null; null: no own-padding norm computed",
         },
@@ -69,7 +76,8 @@ _LAYER: dict[str, Any] = {
         "note": {"type": ["string", "null"]},
         "error": {
             "type": ["string", "null"],
-            "description": "why this layer's numbers are missing: the error of its computation (null: it ran)",
+            "description": "why this layer's numbers are missing: the error of its computation (null: it ran); "
+            "'own-padding norm: ...' when only the own-padding columns are missing",
         },
         "spectrum": {
             "type": ["array", "null"],

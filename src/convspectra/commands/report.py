@@ -213,7 +213,9 @@ def _progress_label(partial: Any) -> str:
     parts = []
     if partial.layers:
         row = partial.layers[-1]
-        what = "failed" if row.failed else (row.sigma_max_model_status or "done")
+        what = row.sigma_max_model_status or "done"
+        if row.failed:
+            what = "own-padding norm failed" if row.sigma_max is not None else "failed"
         parts.append(f"{row.name}: {what} in {row.seconds:.1f} s")
     if partial.missing_layers:
         parts.append(f"next: {partial.missing_layers[0]}")
