@@ -427,3 +427,19 @@ def test_a_killed_run_leaves_a_valid_partial_json(how, tmp_path):
         "layer1.0.conv1",
     ]
     assert len(document["missing_layers"]) == 18 and document["missing_layers"][0] == "layer1.0.conv2"
+
+
+def test_the_imagenet_report_benchmark_runs_and_counts_the_statuses(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "report_imagenet.py"
+    spec = importlib.util.spec_from_file_location("report_imagenet", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.json"
+    assert module.main(["--quick", "--no-baseline", "--keep", str(tmp_path), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("machine: ") and "resnet20" in printed
+    (run,) = json.loads(out.read_text())["models"]["resnet20"]["model"]
+    assert run["exit"] == 0 and run["layers"] == 20 and run["complete"] and run["statuses"] == {"exact": 20}
+    assert run["peak_rss_bytes"] > 0 and run["wall_s"] >= run["report_s"] > 0
