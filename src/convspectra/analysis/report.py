@@ -280,8 +280,8 @@ def layers_report(
     Args:
         calls: the layers with the input sizes they see (:class:`~convspectra.analysis.walk.LayerCall`).
         model_name, input_shape: what the report says it describes (``input_shape`` with batch axis).
-        padding, fold_bn, full_spectrum, relative_threshold, progress, max_memory, layer_timeout,
-            refine, checkpoint: as :func:`spectral_report`.
+        padding, fold_bn, full_spectrum, relative_threshold, progress, max_memory: as :func:`spectral_report`.
+        layer_timeout, refine, checkpoint: as :func:`spectral_report`.
         network_bound: the network bound to record (default: "not available", since the graph
             between the layers is not known here).
 
