@@ -562,7 +562,7 @@ def test_model_padding_columns_are_wired_to_operator_norm_bounds(monkeypatch, tm
     seen = []
 
     def fake_bounds(module, size, *, padding, max_memory):
-        assert max_memory is None  # the default budget (the engine's own)
+        assert max_memory is None  # the default budget (the engine's own); no time_limit, no refine=False
         seen.append((type(module).__name__, tuple(size), padding, module.weight.dtype))
         return cs.NormBounds(lower=1.5, upper=2.5, value=2.0, converged=len(seen) == 1, method="fake")
 
@@ -575,12 +575,15 @@ def test_model_padding_columns_are_wired_to_operator_norm_bounds(monkeypatch, tm
     report = spectral_report(model, (2, 8, 8), padding="model", full_spectrum=True)
     assert seen == [("Conv2d", (8, 8), "module", torch.float64), ("Conv2d", (8, 8), "module", torch.float64)]
     assert report.notes == [] and not any(layer.failed for layer in report.layers)
-    for layer in report.layers:
-        assert (layer.sigma_max_model_lower, layer.sigma_max_model, layer.sigma_max_model_upper) == (1.5, 2.0, 2.5)
-    assert report.layers[0].note is None
-    assert "stopped at its budget" in report.layers[1].note and "lower bound" in report.layers[1].note
+    exact, stopped = report.layers
+    assert (exact.sigma_max_model_lower, exact.sigma_max_model, exact.sigma_max_model_upper) == (1.5, 2.0, 2.5)
+    assert exact.note is None and exact.sigma_max_model_status == "exact"
+    # not converged, not by a time limit: the bracket only, said so, the value not given as if exact
+    assert (stopped.sigma_max_model_lower, stopped.sigma_max_model, stopped.sigma_max_model_upper) == (1.5, None, 2.5)
+    assert stopped.sigma_max_model_status == "bracket (max_iter)" and "max_iter" in stopped.note
     assert report.network_bound.value == pytest.approx(2.5 * 2.5) and report.network_bound.padding == "model"
-    assert "2.0000 in [1.5000, 2.5000]" in report.to_table() and "own padding" in report.to_table()
+    table = report.to_table()
+    assert "2.0000 in [1.5000, 2.5000]" in table and "bracket in [1.5000, 2.5000]" in table and "own padding" in table
     validate_report(json.loads(report.to_json()))
     if importlib.util.find_spec("matplotlib") is not None:
         report.plot_sigma_max(tmp_path / "norms.png")
@@ -644,7 +647,7 @@ def test_a_failing_layer_is_recorded_with_its_error_and_the_others_are_written(m
     # every export names the layer and the error, and keeps the other layers
     document = json.loads(report.to_json(tmp_path / "report.json"))
     validate_report(document)
-    assert document["schema_version"] == 2 and document["notes"] == report.notes
+    assert document["schema_version"] == 3 and document["notes"] == report.notes and document["complete"]
     assert [layer["error"] for layer in document["layers"]] == [None, failed.error, None, None]
     assert [layer["sigma_max"] is None for layer in document["layers"]] == [False, True, False, False]
     assert json.loads((tmp_path / "report.json").read_text()) == document

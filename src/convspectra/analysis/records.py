@@ -13,16 +13,19 @@ Example:
     >>> report = SpectralReport("empty", (1, 3, 8, 8), "circular", False, 1e-3, [], bound, 0.0)
     >>> report.to_csv().strip() == ",".join(CSV_COLUMNS)
     True
-    >>> report.to_dict()["schema_version"]
-    2
+    >>> document = report.to_dict()
+    >>> document["schema_version"], document["complete"], document["missing_layers"]
+    (3, True, [])
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,10 +33,27 @@ import numpy as np
 
 from .schema import LAYER_FIELDS
 
-__all__ = ["CSV_COLUMNS", "SCHEMA_VERSION", "LayerReport", "NetworkBound", "SpectralReport"]
+__all__ = [
+    "CSV_COLUMNS",
+    "MODEL_NORM_STATUSES",
+    "SCHEMA_VERSION",
+    "LayerReport",
+    "NetworkBound",
+    "SpectralReport",
+    "write_atomically",
+]
 
 #: Version of the JSON layout (see :data:`convspectra.analysis.REPORT_SCHEMA`).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+
+#: The values of :attr:`LayerReport.sigma_max_model_status` (None: no own-padding norm was computed).
+MODEL_NORM_STATUSES = (
+    "exact",
+    "bracket (requested)",
+    "bracket (time limit)",
+    "bracket (max_iter)",
+    "bracket (memory budget)",
+)
 
 #: Columns of :meth:`SpectralReport.to_csv`, in order (every scalar field of :class:`LayerReport`).
 CSV_COLUMNS = tuple(name for name in LAYER_FIELDS if name != "spectrum")
@@ -49,6 +69,19 @@ class LayerReport:
     is the descending array of all circular singular values when requested. ``error`` is set
     (the exception's type and message) when the layer's computation failed: its numbers are
     then all None, and :attr:`SpectralReport.notes` names it (see :attr:`failed`).
+
+    ``sigma_max_model_status`` says what the own-padding columns hold (one of
+    :data:`MODEL_NORM_STATUSES`): ``"exact"`` (``sigma_max_model`` is the norm to the solver's
+    ``rtol``, inside the certified ``[sigma_max_model_lower, sigma_max_model_upper]``), or
+    ``"bracket (...)"``: only the certified bracket is known (``sigma_max_model`` is None),
+    because it was asked for (``refine=False``), the layer's time budget ran out
+    (``layer_timeout``), the solver reached ``max_iter`` or the refinement was over the memory
+    budget (``max_memory``). None when no own-padding norm was computed (``padding="circular"``,
+    a failed layer, a padding that is not a fixed linear map).
+
+    ``error`` may also be set on a row that has its circular numbers: when only its own-padding
+    norm failed (e.g. even its bracket is over the memory budget); it then starts with
+    ``"own-padding norm: "``.
     """
 
     index: int
@@ -75,6 +108,7 @@ class LayerReport:
     sigma_max_model: float | None = None
     sigma_max_model_lower: float | None = None
     sigma_max_model_upper: float | None = None
+    sigma_max_model_status: str | None = None
     seconds: float = 0.0
     note: str | None = None
     spectrum: np.ndarray | None = field(default=None, repr=False)
@@ -123,6 +157,41 @@ class NetworkBound:
         return {"value": self.value, "padding": self.padding, "description": self.description}
 
 
+def write_atomically(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and :func:`os.replace`.
+
+    A reader, or a run killed in the middle, sees the old file or the new one, never a part of one.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from convspectra.analysis.records import write_atomically
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+        >>> write_atomically(path, "{}\\n"); path.read_text()
+        '{}\\n'
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        try:  # mkstemp makes it 0600: keep the old file's permissions, or give a new one the usual 0644
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError:
+            mode = 0o644
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+#: What :meth:`SpectralReport.to_csv` writes in the ``error`` column of a layer a partial report has not reached.
+MISSING_LAYER = "not reported: the run stopped before this layer"
+
+
 def _cell(value: Any) -> Any:
     """One CSV cell: shapes as ``AxB``, None as empty, floats with full precision."""
     if isinstance(value, tuple):
@@ -140,7 +209,14 @@ def _number(value: float | None, width: int, fmt: str = ".4f") -> str:
 
 @dataclass
 class SpectralReport:
-    """The result of :func:`~convspectra.analysis.spectral_report`: per-layer :class:`LayerReport` rows and a bound."""
+    """The result of :func:`~convspectra.analysis.spectral_report`: per-layer :class:`LayerReport` rows and a bound.
+
+    ``complete`` is False for the partial reports handed to ``on_layer`` while a report runs
+    (what an interrupted run leaves in its files): ``missing_layers`` then names the layers not
+    reported yet, in call order, and the network bound is not computed. ``layer_timeout`` and
+    ``refine`` record how the own-padding norms were asked for (see
+    :func:`~convspectra.analysis.spectral_report`).
+    """
 
     model: str
     input_shape: tuple[int, ...]
@@ -152,6 +228,10 @@ class SpectralReport:
     seconds: float
     version: str = ""
     notes: list[str] = field(default_factory=list)
+    complete: bool = True
+    missing_layers: list[str] = field(default_factory=list)
+    layer_timeout: float | None = None
+    refine: bool = True
 
     def to_dict(self, *, include_spectra: bool = True) -> dict[str, Any]:
         """JSON-ready dict following :data:`~convspectra.analysis.REPORT_SCHEMA` (spectra as null when excluded)."""
@@ -167,6 +247,10 @@ class SpectralReport:
             "padding": self.padding,
             "fold_bn": self.fold_bn,
             "relative_threshold": self.relative_threshold,
+            "layer_timeout": self.layer_timeout,
+            "refine": self.refine,
+            "complete": self.complete,
+            "missing_layers": list(self.missing_layers),
             "seconds": self.seconds,
             "network_bound": self.network_bound.to_dict(),
             "layers": layers,
@@ -176,27 +260,33 @@ class SpectralReport:
     def to_json(
         self, path: str | os.PathLike[str] | None = None, *, indent: int | None = 2, include_spectra: bool = True
     ) -> str:
-        """The report as JSON text (see :data:`~convspectra.analysis.REPORT_SCHEMA`); also written to ``path``."""
+        """The report as JSON text (see :data:`~convspectra.analysis.REPORT_SCHEMA`); also written to ``path``.
+
+        The file is replaced atomically (:func:`write_atomically`): it always holds a whole report.
+        """
         text = json.dumps(self.to_dict(include_spectra=include_spectra), indent=indent, allow_nan=False)
         if path is not None:
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(text + "\n")
+            write_atomically(path, text + "\n")
         return text
 
     def to_csv(self, path: str | os.PathLike[str] | None = None) -> str:
         """CSV text, one row per layer with the :data:`CSV_COLUMNS` (shapes as ``AxB``, None as empty).
 
-        Also written to ``path`` when given.
+        Also written to ``path`` when given (atomically, see :func:`write_atomically`). A partial
+        report (``complete`` False) also has a row for each of its ``missing_layers``: its index
+        and name, the ``error`` column :data:`MISSING_LAYER`, every other cell empty.
         """
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         for layer in self.layers:
             writer.writerow([_cell(getattr(layer, name)) for name in CSV_COLUMNS])
+        for index, name in enumerate(self.missing_layers, start=len(self.layers)):
+            known = {"index": index, "name": name, "error": MISSING_LAYER}
+            writer.writerow([known.get(column, "") for column in CSV_COLUMNS])
         text = buffer.getvalue()
         if path is not None:
-            with open(path, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
+            write_atomically(path, text)
         return text
 
     def to_dataframe(self) -> Any:
@@ -231,17 +321,15 @@ class SpectralReport:
         for layer in self.layers:
             model = ""
             if model_cols:
-                if layer.sigma_max_model is not None:
-                    model = (
-                        f"{layer.sigma_max_model:>9.4f} in [{layer.sigma_max_model_lower:.4f}, "
-                        f"{layer.sigma_max_model_upper:.4f}] "
-                    )
+                if layer.sigma_max_model_lower is not None and layer.sigma_max_model_upper is not None:
+                    value = f"{layer.sigma_max_model:>9.4f}" if layer.sigma_max_model is not None else "  bracket"
+                    model = f"{value} in [{layer.sigma_max_model_lower:.4f}, {layer.sigma_max_model_upper:.4f}] "
                     model = f"{model:>37}"
                 else:
                     model = f"{'-':>36} "
             lines.append(
                 f"{layer.index:>3} {layer.name[-22:]:<22} {'x'.join(map(str, layer.kernel_shape)):<13} "
-                f"{'x'.join(map(str, layer.input_shape)):<9} {max(layer.stride):>2} "
+                f"{'x'.join(map(str, layer.input_shape)):<9} {max(layer.stride, default=1):>2} "
                 f"{_number(layer.num_singular_values, 7, 'd')} {_number(layer.sigma_max, 9)} {model}"
                 f"{_number(layer.sigma_min, 9, '.2e')} {_number(layer.condition_number, 9, '.3g')} "
                 f"{_number(layer.stable_rank, 7, '.2f')} {_number(layer.effective_rank, 8, 'd')}"
@@ -250,6 +338,9 @@ class SpectralReport:
         notes += [f"  {note}" for note in self.notes]
         if notes:
             lines += ["", "notes:", *notes]
+        if not self.complete:
+            missing = ", ".join(self.missing_layers) if self.missing_layers else "none (the network bound is missing)"
+            lines += ["", f"PARTIAL report: {len(self.layers)} layers reported; missing: {missing}"]
         bound = self.network_bound
         lines.append("")
         lines.append(

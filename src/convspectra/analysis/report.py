@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -53,8 +52,9 @@ from .._backend import module_geometry
 from .._checks import choice, flag, real
 from .._memory import resolve_budget
 from .._threads import single_threaded_blas
-from ..errors import ConvergenceWarning, MemoryBudgetError, ParameterError, ParameterTypeError
+from ..errors import MemoryBudgetError, ParameterError, ParameterTypeError
 from ..spectrum import singular_values
+from ._layer import LINEAR_GEOMETRY, describe_padding, error_text, failed_row, joined, model_norms, output_shape
 from .folding import fold_batchnorm
 from .lipschitz import network_bound
 from .records import LayerReport, NetworkBound, SpectralReport
@@ -66,84 +66,6 @@ __all__ = ["PADDINGS", "layers_report", "spectral_report"]
 #: The values of ``spectral_report(padding=...)``.
 PADDINGS = ("circular", "model")
 
-#: The geometry of a Linear layer, in the shape of :func:`convspectra._backend.module_geometry`.
-_LINEAR_GEOMETRY: dict[str, Any] = {"stride": (1,), "dilation": (1,), "groups": 1, "transposed": False}
-
-
-def _describe_padding(module: Any) -> tuple[str, str]:
-    if isinstance(module, nn.Linear):
-        return "none", "none"
-    padding = module.padding
-    text = padding if isinstance(padding, str) else "x".join(map(str, padding))
-    return text, str(module.padding_mode)
-
-
-def _output_shape(module: Any, size: tuple[int, ...], geometry: dict[str, Any]) -> tuple[int, ...]:
-    if isinstance(module, nn.Linear):
-        return (int(module.out_features),)
-    if geometry["transposed"]:
-        return tuple(n * s for n, s in zip(size, geometry["stride"], strict=True))
-    return tuple(n // s for n, s in zip(size, geometry["stride"], strict=True))
-
-
-def _model_norms(module: Any, size: tuple[int, ...], max_memory: int | None) -> tuple[float, float, float, str | None]:
-    """Operator norm with the module's own padding, its certified bracket, and a note if not converged."""
-    from .. import operator_norm_bounds  # the public function, looked up when called
-
-    with warnings.catch_warnings():  # non-convergence is recorded in the layer's note instead
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        bounds = operator_norm_bounds(module, size, padding="module", max_memory=max_memory)  # carries the value
-    note = None
-    if not bounds.converged:
-        note = "own-padding norm: the iterative solver stopped at its budget; sigma_max_model is a lower bound"
-    return float(bounds.value), float(bounds.lower), float(bounds.upper), note
-
-
-def _joined(*notes: str | None) -> str | None:
-    return "; ".join(note for note in notes if note) or None
-
-
-def _error_text(error: BaseException) -> str:
-    """``Type: first line of the message`` (at most 300 characters)."""
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(error).__name__}: {first[:300]}" if first else type(error).__name__
-
-
-def _failed(index: int, call: LayerCall, error: BaseException, seconds: float) -> LayerReport:
-    """The row of a layer whose computation raised ``error``: what the walk knows, no numbers."""
-    module: Any = call.module
-    linear = isinstance(module, nn.Linear)
-    try:
-        geometry = _LINEAR_GEOMETRY if linear else module_geometry(module)
-        output_shape = _output_shape(module, call.input_shape, geometry)
-        pad_text, pad_mode = _describe_padding(module)
-    except Exception:
-        geometry = {"stride": (), "dilation": (), "groups": 1, "transposed": False}
-        output_shape, pad_text, pad_mode = (), "unknown", "unknown"
-    weight = getattr(module, "weight", None)
-    shape = getattr(weight, "shape", ())
-    return LayerReport(
-        index=index,
-        name=call.name,
-        type=type(module).__name__,
-        kind="linear" if linear else "conv",
-        kernel_shape=tuple(int(s) for s in shape),
-        input_shape=tuple(call.input_shape),
-        output_shape=output_shape,
-        stride=tuple(geometry["stride"]),
-        dilation=tuple(geometry["dilation"]),
-        groups=int(geometry["groups"]),
-        padding=pad_text,
-        padding_mode=pad_mode,
-        transposed=bool(geometry["transposed"]),
-        calls=call.calls,
-        folded_batchnorm=None,
-        seconds=seconds,
-        error=_error_text(error),
-        **dict.fromkeys(SUMMARY_FIELDS),
-    )
-
 
 def _analyse(
     index: int,
@@ -154,6 +76,8 @@ def _analyse(
     full_spectrum: bool,
     relative_threshold: float,
     max_memory: int | None,
+    layer_timeout: float | None,
+    refine: bool,
 ) -> LayerReport:
     start = time.perf_counter()
     layer: Any = detached_copy(call.module)  # float64 on the CPU: analysis precision, the model is not touched
@@ -166,8 +90,8 @@ def _analyse(
         except ParameterError as err:
             note = f"BatchNorm {call.batchnorm_name} not folded: {err}"
     linear = isinstance(layer, nn.Linear)
-    geometry = _LINEAR_GEOMETRY if linear else module_geometry(layer)
-    pad_text, pad_mode = _describe_padding(layer)
+    geometry = LINEAR_GEOMETRY if linear else module_geometry(layer)
+    pad_text, pad_mode = describe_padding(layer)
     weight = layer.weight.detach().numpy()
     spectrum: np.ndarray | None = None
     if linear:
@@ -178,19 +102,25 @@ def _analyse(
         except MemoryBudgetError:  # defined but not computed: the layer failed (see the module docstring)
             raise
         except ParameterError as err:  # e.g. a stride that does not divide the input: no circulant operator
-            note = _joined(note, f"no circular spectrum: {err}")
+            note = joined(note, f"no circular spectrum: {err}")
     summary = spectrum_summary(spectrum, relative_threshold) if spectrum is not None else dict.fromkeys(SUMMARY_FIELDS)
-    model_exact = model_lower = model_upper = None
+    model_exact = model_lower = model_upper = status = own_error = None
     if linear:
         model_exact = model_lower = model_upper = summary["sigma_max"]
+        status = "exact" if model_exact is not None else None
     elif padding == "model":
+        time_left = None if layer_timeout is None else layer_timeout - (time.perf_counter() - start)
         try:
-            model_exact, model_lower, model_upper, solver_note = _model_norms(layer, call.input_shape, max_memory)
-            note = _joined(note, solver_note)
-        except MemoryBudgetError:
-            raise
+            model_exact, model_lower, model_upper, status, solver_note = model_norms(
+                layer, call.input_shape, max_memory, refine=refine, time_left=time_left
+            )
+            note = joined(note, solver_note)
+        except MemoryBudgetError as err:  # even the bracket is over the budget: the circular numbers stay
+            own_error = f"own-padding norm: {error_text(err)}"
         except ParameterError as err:  # e.g. reflect/replicate padding: not a fixed linear map
-            note = _joined(note, f"no own-padding norm: {err}")
+            note = joined(note, f"no own-padding norm: {err}")
+        except Exception as err:  # the solver failed: the circular numbers stay, the error is recorded
+            own_error = f"own-padding norm: {error_text(err)}"
     return LayerReport(
         index=index,
         name=call.name,
@@ -198,7 +128,7 @@ def _analyse(
         kind="linear" if linear else "conv",
         kernel_shape=tuple(int(s) for s in weight.shape),
         input_shape=tuple(call.input_shape),
-        output_shape=_output_shape(layer, call.input_shape, geometry),
+        output_shape=output_shape(layer, call.input_shape, geometry),
         stride=geometry["stride"],
         dilation=geometry["dilation"],
         groups=geometry["groups"],
@@ -210,11 +140,25 @@ def _analyse(
         sigma_max_model=model_exact,
         sigma_max_model_lower=model_lower,
         sigma_max_model_upper=model_upper,
+        sigma_max_model_status=status,
         note=note,
         spectrum=spectrum if full_spectrum else None,
         seconds=time.perf_counter() - start,
+        error=own_error,
         **summary,
     )
+
+
+def _check_norm_options(padding: str, layer_timeout: Any, refine: Any) -> tuple[float | None, bool]:
+    refine = flag("refine", refine)
+    if layer_timeout is not None:
+        layer_timeout = real("layer_timeout", layer_timeout, minimum=0.0, open_below=True)
+    if padding != "model" and (layer_timeout is not None or not refine):
+        what = "layer_timeout" if layer_timeout is not None else "refine"
+        raise ParameterError(
+            f"{what}: applies to the own-padding norms, expected padding='model' with it, got padding={padding!r}"
+        )
+    return layer_timeout, refine
 
 
 def spectral_report(
@@ -227,6 +171,9 @@ def spectral_report(
     relative_threshold: float = 1e-3,
     progress: Callable[[int, int, str], None] | None = None,
     max_memory: int | None = None,
+    layer_timeout: float | None = None,
+    refine: bool = True,
+    checkpoint: Callable[[SpectralReport], None] | None = None,
 ) -> SpectralReport:
     """The spectral report of every conv and linear layer of ``model`` (see the module docstring).
 
@@ -246,6 +193,19 @@ def spectral_report(
         progress: called as ``progress(done, total, layer_name)`` after each layer (failed ones too).
         max_memory: memory budget in bytes of each layer's computation (default
             :data:`convspectra.DEFAULT_MEMORY_BUDGET`); a layer over it is recorded as failed.
+        layer_timeout: seconds each layer may take (``padding="model"``): the own-padding
+            solver gets what is left of it after the layer's circular spectrum as its
+            ``time_limit``, and a layer that runs out reports its certified bracket instead of
+            the refined value (``sigma_max_model_status`` ``"bracket (time limit)"``). The bracket
+            itself (a circular norm on an enlarged grid) is always computed, so a layer can take
+            somewhat longer. None: no limit.
+        refine: False (``padding="model"``): the certified bracket of every own-padding norm
+            only, no iterative refinement (``"bracket (requested)"``; fast).
+        checkpoint: called as ``checkpoint(partial)`` with a partial report (``complete`` False,
+            ``missing_layers`` the layers not reported yet, no network bound) once the layers are
+            known and again after each layer: e.g. to write it to a file, so that an interrupted
+            run leaves its results (what ``convspectra report --json`` does). An exception it
+            raises (``KeyboardInterrupt`` included) stops the report.
 
     Returns:
         A :class:`~convspectra.analysis.SpectralReport`. A layer whose computation fails does
@@ -253,7 +213,8 @@ def spectral_report(
 
     Raises:
         ParameterTypeError: ``model`` is not a module, bad ``example_input`` or ``max_memory``.
-        ParameterError: bad ``padding``/``relative_threshold``/``max_memory``, or the model fails
+        ParameterError: bad ``padding``/``relative_threshold``/``max_memory``/``layer_timeout``,
+            ``layer_timeout`` or ``refine=False`` without ``padding="model"``, or the model fails
             on the example.
 
     Example:
@@ -270,6 +231,7 @@ def spectral_report(
     fold_bn = flag("fold_bn", fold_bn)
     full_spectrum = flag("full_spectrum", full_spectrum)
     threshold = real("relative_threshold", relative_threshold, minimum=0.0, maximum=1.0, open_above=True)
+    layer_timeout, refine = _check_norm_options(padding, layer_timeout, refine)
     if max_memory is not None:
         max_memory = resolve_budget(max_memory)  # checked before any work
     if not isinstance(model, nn.Module):
@@ -288,6 +250,9 @@ def spectral_report(
         relative_threshold=threshold,
         progress=progress,
         max_memory=max_memory,
+        layer_timeout=layer_timeout,
+        refine=refine,
+        checkpoint=checkpoint,
     )
     bound = network_bound(model, example, report.layers, padding=padding)
     return dataclasses.replace(report, network_bound=bound, seconds=time.perf_counter() - start)
@@ -305,6 +270,9 @@ def layers_report(
     progress: Callable[[int, int, str], None] | None = None,
     max_memory: int | None = None,
     network_bound: NetworkBound | None = None,
+    layer_timeout: float | None = None,
+    refine: bool = True,
+    checkpoint: Callable[[SpectralReport], None] | None = None,
 ) -> SpectralReport:
     """The report of given layers, without a forward pass: what :func:`spectral_report` runs on
     the layers it collected (and what a model from another framework, e.g. ONNX, is reported by).
@@ -312,8 +280,8 @@ def layers_report(
     Args:
         calls: the layers with the input sizes they see (:class:`~convspectra.analysis.walk.LayerCall`).
         model_name, input_shape: what the report says it describes (``input_shape`` with batch axis).
-        padding, fold_bn, full_spectrum, relative_threshold, progress, max_memory: as
-            :func:`spectral_report`.
+        padding, fold_bn, full_spectrum, relative_threshold, progress, max_memory: as :func:`spectral_report`.
+        layer_timeout, refine, checkpoint: as :func:`spectral_report`.
         network_bound: the network bound to record (default: "not available", since the graph
             between the layers is not known here).
 
@@ -325,21 +293,47 @@ def layers_report(
         >>> from convspectra.analysis import layers_report
         >>> from convspectra.analysis.walk import LayerCall
         >>> call = LayerCall("conv", torch.nn.Conv2d(2, 4, 3, padding=1), (8, 8), 1, None, None)
-        >>> report = layers_report([call], model_name="one conv", input_shape=(1, 2, 8, 8))
-        >>> report.layers[0].num_singular_values, report.network_bound.value
-        (128, None)
+        >>> partial = []
+        >>> report = layers_report([call], model_name="one conv", input_shape=(1, 2, 8, 8), padding="model",
+        ...                        refine=False, checkpoint=partial.append)
+        >>> [(len(p.layers), p.missing_layers, p.complete) for p in partial], report.complete
+        ([(0, ['conv'], False), (1, [], False)], True)
+        >>> report.layers[0].sigma_max_model_status, report.layers[0].sigma_max_model
+        ('bracket (requested)', None)
     """
     choice("padding", padding, PADDINGS)
     fold_bn = flag("fold_bn", fold_bn)
     full_spectrum = flag("full_spectrum", full_spectrum)
     threshold = real("relative_threshold", relative_threshold, minimum=0.0, maximum=1.0, open_above=True)
+    layer_timeout, refine = _check_norm_options(padding, layer_timeout, refine)
     if max_memory is not None:
         max_memory = resolve_budget(max_memory)  # checked before any work
     from .. import __version__
 
     start = time.perf_counter()
-    layers = []
+    layers: list[LayerReport] = []
     notes: list[str] = []
+    names = [call.name for call in calls]
+
+    def report(**changes: Any) -> SpectralReport:
+        return SpectralReport(
+            model=model_name,
+            input_shape=tuple(int(s) for s in input_shape),
+            padding=padding,
+            fold_bn=fold_bn,
+            relative_threshold=threshold,
+            layers=list(layers),
+            network_bound=NetworkBound(None, padding, "not computed: the report is partial"),
+            seconds=time.perf_counter() - start,
+            version=__version__,
+            notes=list(notes),
+            layer_timeout=layer_timeout,
+            refine=refine,
+            **changes,
+        )
+
+    if checkpoint is not None:
+        checkpoint(report(complete=False, missing_layers=names))
     # Per-layer LAPACK calls on small matrices lose to OpenBLAS's own threads (3-5x on a loaded
     # 2-core machine); the engine's worker pool, used for large layers, limits them itself.
     with single_threaded_blas():
@@ -354,24 +348,23 @@ def layers_report(
                     full_spectrum=full_spectrum,
                     relative_threshold=threshold,
                     max_memory=max_memory,
+                    layer_timeout=layer_timeout,
+                    refine=refine,
                 )
             except Exception as err:
-                row = _failed(index, call, err, time.perf_counter() - layer_start)
+                row = failed_row(index, call, err, time.perf_counter() - layer_start)
                 notes.append(f"layer {call.name!r} ({row.type}) failed, its numbers are missing: {row.error}")
+            else:
+                if row.error is not None:
+                    notes.append(
+                        f"layer {call.name!r} ({row.type}): its own-padding norm failed, its circular numbers are "
+                        f"there: {row.error}"
+                    )
             layers.append(row)
+            if checkpoint is not None:  # first: an interruption in progress() finds the layer saved
+                checkpoint(report(complete=False, missing_layers=names[index + 1 :]))
             if progress is not None:
                 progress(index + 1, len(calls), call.name)
     if network_bound is None:
         network_bound = NetworkBound(None, padding, "not available: the graph between the layers is not known")
-    return SpectralReport(
-        model=model_name,
-        input_shape=tuple(int(s) for s in input_shape),
-        padding=padding,
-        fold_bn=fold_bn,
-        relative_threshold=threshold,
-        layers=layers,
-        network_bound=network_bound,
-        seconds=time.perf_counter() - start,
-        version=__version__,
-        notes=notes,
-    )
+    return dataclasses.replace(report(), network_bound=network_bound)

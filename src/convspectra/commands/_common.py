@@ -6,7 +6,7 @@
   parsed (its folder exists and is writable, it is not a folder, its extension is one the command
   writes, matplotlib is installed when the format needs it); :func:`check_outputs` then refuses
   more than one output on stdout (``-``). So a bad output path fails in milliseconds, not after
-  the work. :func:`write_text` writes to a file or, for ``-``, to stdout; :func:`writes_to_stdout`
+  the work. :func:`write_text` writes to a file (atomically) or, for ``-``, to stdout; :func:`writes_to_stdout`
   says whether any output goes there (the table is then not printed).
 - Steps: ``with step("reading the kernel 'k.npy'"):`` names what a command is doing, so that an
   unexpected error is reported in one line as "error while reading the kernel 'k.npy': ..."
@@ -256,10 +256,14 @@ def writes_to_stdout(args: argparse.Namespace) -> bool:
 
 
 def write_text(path: str, text: str) -> None:
-    """Write ``text`` to the file ``path``, or to stdout when ``path`` is ``-``."""
+    """Write ``text`` to the file ``path`` (atomically: a temporary file, then a rename), or to stdout for ``-``.
+
+    A run killed while writing leaves the old file or the new one, never a part of one.
+    """
     if path == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
+    from ..analysis.records import write_atomically  # NumPy only: no torch
+
+    write_atomically(path, text)

@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
-from ._common import PLOT_SUFFIXES, add_output, positive_int, step, threshold, write_text, writes_to_stdout
+from ._common import (
+    PLOT_SUFFIXES,
+    add_output,
+    positive_float,
+    positive_int,
+    step,
+    threshold,
+    write_text,
+    writes_to_stdout,
+)
 
-__all__ = ["add_report_options", "build_model", "register", "run", "write_outputs"]
+__all__ = ["PROGRESS_MODES", "add_report_options", "build_model", "register", "run", "write_outputs"]
+
+#: The values of ``--progress``.
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+
+#: Exit status of a report stopped by SIGTERM (128 + 15, as shells report it); Ctrl-C gives 130.
+TERMINATED = 143
+INTERRUPTED = 130
 
 
 def add_report_options(
@@ -99,6 +120,25 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     report.add_argument(
         "--full-spectrum", action="store_true", help="include every singular value of every layer in the JSON"
     )
+    report.add_argument(
+        "--layer-timeout",
+        metavar="SECONDS",
+        type=positive_float("a positive number of seconds"),
+        help="with --padding model: the time each layer may take; a layer that runs out reports the certified "
+        "bracket of its own-padding norm instead of the refined value (recorded as 'bracket (time limit)')",
+    )
+    report.add_argument(
+        "--bracket-only",
+        action="store_true",
+        help="with --padding model: only the certified bracket of each own-padding norm, not refined (fast)",
+    )
+    report.add_argument(
+        "--progress",
+        choices=PROGRESS_MODES,
+        default="auto",
+        help="bar: a progress bar on stderr (tqdm or rich); lines: one plain line per layer on stderr with the time "
+        "elapsed and the ETA (for logs and pipes); auto (default): a bar on an interactive stderr, else none",
+    )
     report.add_argument("--quiet", action="store_true", help="do not print the table")
     add_report_options(report)
     report.set_defaults(handler=run)
@@ -125,7 +165,7 @@ def build_model(args: argparse.Namespace) -> tuple[Any, tuple[int, ...]]:
 
 
 def write_outputs(report: Any, args: argparse.Namespace, *, include_spectra: bool) -> None:
-    """Write the files asked for by --json/--csv/--plot/--plot-norms (``-``: stdout)."""
+    """Write the files asked for by --json/--csv/--plot/--plot-norms (``-``: stdout; files replaced atomically)."""
     if args.json:
         with step(f"writing {args.json!r}"):
             write_text(args.json, report.to_json(include_spectra=include_spectra) + "\n")
@@ -140,25 +180,127 @@ def write_outputs(report: Any, args: argparse.Namespace, *, include_spectra: boo
             report.plot_sigma_max(args.plot_norms, colormap=args.colormap)  # bars on a log axis mislead: always linear
 
 
-def run(args: argparse.Namespace) -> int:
-    """Build the model, compute the report, print and write it."""
-    from ._models import model_report
-    from ._progress import progress_bar
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that the report stops the same way."""
 
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`_Terminated` (main thread only; the old handler comes back)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Checkpoints:
+    """The report's ``checkpoint``: rewrite the --json/--csv files after every layer, print progress lines."""
+
+    def __init__(self, args: argparse.Namespace, *, include_spectra: bool, lines: Any) -> None:
+        self.files = [(flag, path) for flag, path in (("json", args.json), ("csv", args.csv)) if path and path != "-"]
+        self.include_spectra = include_spectra
+        self.lines = lines
+        self.partial: Any = None
+
+    def __call__(self, partial: Any) -> None:
+        self.partial = partial
+        for kind, path in self.files:
+            with step(f"writing the partial report to {path!r}"):
+                if kind == "json":
+                    partial.to_json(path, include_spectra=self.include_spectra)
+                else:
+                    partial.to_csv(path)
+        if self.lines is not None:
+            self.lines(len(partial.layers), len(partial.layers) + len(partial.missing_layers), _progress_label(partial))
+
+    def stopped(self, interrupt: KeyboardInterrupt) -> int:
+        """Say in one line on stderr what the interrupted run left; the exit status."""
+        what = "terminated" if isinstance(interrupt, _Terminated) else "interrupted"
+        partial = self.partial
+        if partial is None:
+            message = what
+        else:
+            done, missing = len(partial.layers), len(partial.missing_layers)
+            message = f"{what} after {done} of {done + missing} layers"
+            if self.files:
+                message += (
+                    f"; the partial report ({missing} layers missing) is in {', '.join(p for _, p in self.files)}"
+                )
+        print(f"convspectra report: {message}", file=sys.stderr, flush=True)
+        return TERMINATED if isinstance(interrupt, _Terminated) else INTERRUPTED
+
+
+def _progress_label(partial: Any) -> str:
+    """``name: status in 1.2 s | next: name`` for the last layer of a partial report."""
+    parts = []
+    if partial.layers:
+        row = partial.layers[-1]
+        what = row.sigma_max_model_status or "done"
+        if row.failed:
+            what = "own-padding norm failed" if row.sigma_max is not None else "failed"
+        parts.append(f"{row.name}: {what} in {row.seconds:.1f} s")
+    if partial.missing_layers:
+        parts.append(f"next: {partial.missing_layers[0]}")
+    return " | ".join(parts)
+
+
+def _check_norm_options(args: argparse.Namespace) -> None:
+    from ..errors import ParameterError
+
+    for flag, given in (("--layer-timeout", args.layer_timeout is not None), ("--bracket-only", args.bracket_only)):
+        if given and args.padding != "model":
+            raise ParameterError(
+                f"{flag}: applies to the own-padding norms, expected --padding model with it, got --padding "
+                f"{args.padding}"
+            )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the model, compute the report (files rewritten after every layer), print and write it.
+
+    Ctrl-C or SIGTERM stops it with one line on stderr (exit status 130 or 143); the --json/--csv
+    files then hold the partial report written after the last finished layer.
+    """
+    from . import _progress
+    from ._models import model_report
+
+    _check_norm_options(args)
     model, shape = build_model(args)
-    with progress_bar("layers") as progress, step(f"computing the report of {args.model!r}"):
-        report = model_report(
-            model,
-            shape,
-            padding=args.padding,
-            fold_bn=args.fold_bn,
-            full_spectrum=bool(args.full_spectrum or args.plot),
-            relative_threshold=args.threshold,
-            progress=progress,
-        )
+    mode = args.progress
+    include_spectra = bool(args.full_spectrum)
+    with (
+        _sigterm_interrupts(),
+        _progress.progress_bar("layers", enabled={"auto": None, "bar": True}.get(mode, False)) as bar,
+    ):
+        lines = _progress.ProgressLines("layers") if mode == "lines" or (mode == "bar" and bar is None) else None
+        checkpoints = _Checkpoints(args, include_spectra=include_spectra, lines=lines)
+        try:
+            with step(f"computing the report of {args.model!r}"):
+                report = model_report(
+                    model,
+                    shape,
+                    padding=args.padding,
+                    fold_bn=args.fold_bn,
+                    full_spectrum=bool(args.full_spectrum or args.plot),
+                    relative_threshold=args.threshold,
+                    progress=bar,
+                    layer_timeout=args.layer_timeout,
+                    refine=not args.bracket_only,
+                    checkpoint=checkpoints,
+                )
+        except KeyboardInterrupt as interrupt:
+            return checkpoints.stopped(interrupt)
     if not args.quiet and not writes_to_stdout(args):
         print(f"convspectra report: {report.model} on input {report.input_shape}, {len(report.layers)} layers")
         print(report.to_table())
         print(f"\n{report.seconds:.2f} s")
-    write_outputs(report, args, include_spectra=bool(args.full_spectrum))
+    write_outputs(report, args, include_spectra=include_spectra)
     return 0

@@ -40,6 +40,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ from ._operator import ConvOperator
 from ._padded import solve_padded
 from ._request import NormRequest, resolve_request
 from ._solution import Solution
+from ._support import live_request
 from ._wraparound import solve_wraparound
 
 __all__ = ["ConvOperator", "NormBounds", "operator_norm", "operator_norm_bounds"]
@@ -99,11 +102,23 @@ def _solve(request: NormRequest, *, want_bracket: bool) -> tuple[NormRequest, So
     Refused first, allocating nothing, when its estimate exceeds the budget; then solved at unit
     scale (:meth:`NormRequest.at_unit_scale`). Returns the request as solved and the solution.
     """
-    check_request(request, want_bracket=want_bracket)
-    request = request.at_unit_scale()
     if request.mode == "wrap":
+        check_request(request, want_bracket=want_bracket)
+        request = request.at_unit_scale()
         return request, solve_wraparound(request, want_bracket=want_bracket)
-    return request, solve_padded(request)
+    support = live_request(request)  # taps, inputs and outputs that only meet padding: dropped, sizes only
+    if support.empty:
+        zero = np.zeros(request.spec.in_channels * math.prod(request.input_shape))
+        return request, Solution(0.0, 0.0, 0.0, True, "zero: every tap reads only padding", vector=zero)
+    check_request(support.request, want_bracket=want_bracket)
+    solution = solve_padded(support.request.at_unit_scale())
+    if support.request is not request:
+        assert solution.vector is not None
+        what = f"kernel {'x'.join(map(str, support.request.spec.kernel_size))} of the taps that meet the input"
+        solution = dataclasses.replace(
+            solution, vector=support.embed(solution.vector, request), operator=None, method=f"{solution.method}; {what}"
+        )
+    return request.at_unit_scale(), solution
 
 
 def operator_norm(

@@ -11,9 +11,12 @@ The estimates follow the code they describe, term by term, rounded up:
   representatives and the boxes of the branch and bound, a few integers per frequency), the
   working set of the concurrent chunks of transfer matrices (their phase tables, the matrices,
   their Gram matrices) and of the chunked box-centre data;
-* the certificate (a bracket's lower end, the padded layer's start): the matrix-free operator
-  (its kernel spread on the grid and its transform) and a few input- and output-sized vectors;
-* the padded solver: the operator on its FFT grid, the Lanczos basis and its products.
+* the certificate (a bracket's lower end, the padded layer's start): the top singular vector on
+  the enlarged grid and a few input- and output-sized vectors;
+* the padded solver: the tap-by-tap operator (the weight, the extended input, one slice, one
+  product), the Lanczos basis (at most :data:`LANCZOS_MAX_BYTES`, at least
+  :data:`LANCZOS_MIN_BASIS` vectors) and its products. The optional Cholesky certificate is
+  attempted only when it fits the budget left over (:mod:`convspectra.norm._cholesky`).
 
 Example:
     >>> import numpy as np
@@ -33,24 +36,28 @@ from .._memory import check_budget
 from ..spec import ConvSpec
 from ..transfer import FrequencyPlan
 from ._direct import wrap_matvec_bytes
-from ._operator import good_fft_size
+from ._operator import operator_product_bytes
 from ._request import NormRequest
 
 __all__ = [
     "CENTRE_CHUNK_BYTES",
+    "LANCZOS_MAX_BYTES",
     "LANCZOS_MIN_BASIS",
     "check_request",
     "lanczos_basis",
     "maximum_bytes",
     "operator_bytes",
+    "padded_bytes",
     "request_bytes",
     "wrap_spec",
 ]
 
 #: Bytes of box-centre matrices the branch and bound processes at once.
 CENTRE_CHUNK_BYTES = 16 * 2**20
-#: The fewest Lanczos vectors the padded solver keeps (its basis is also capped by a quarter of the budget).
-LANCZOS_MIN_BASIS = 20
+#: The fewest Lanczos vectors the padded solver keeps.
+LANCZOS_MIN_BASIS = 10
+#: The most bytes of Lanczos vectors the padded solver keeps (and at most a quarter of the budget).
+LANCZOS_MAX_BYTES = 256 * 2**20
 #: Bytes of transfer matrices per chunk (as :mod:`convspectra.norm._sigma` cuts them).
 _CHUNK_BYTES = 8 * 2**20
 
@@ -83,15 +90,15 @@ def maximum_bytes(spec: ConvSpec, real: bool, workers: int) -> int:
 
 
 def operator_bytes(
-    spec: ConvSpec, grid: Sequence[int], input_shape: Sequence[int], output_shape: Sequence[int], real: bool
+    spec: ConvSpec, input_shape: Sequence[int], output_shape: Sequence[int], real: bool, extended: Sequence[int]
 ) -> int:
-    """Peak bytes of a :class:`~convspectra.norm.ConvOperator` on ``grid`` and one product with it (and its adjoint)."""
-    o, b0, i = spec.out_channels, spec.in_channels // spec.groups, spec.in_channels
-    points, half = math.prod(grid), _real_half(grid, real)
+    """Peak bytes of a :class:`~convspectra.norm.ConvOperator` (its weight copy) and one product with it
+    (or its adjoint) on the ``extended`` input."""
     item = 8 if real else 16
-    kernel = o * b0 * (item * points + 3 * 16 * half)  # spread on the grid, its transform, conj and layout copies
-    vectors = 16 * (i + o) * (points + 3 * half) + 16 * (i * math.prod(input_shape) + o * math.prod(output_shape))
-    return kernel + vectors
+    weight = 2 * item * spec.out_channels * (spec.in_channels // spec.groups) * math.prod(spec.kernel_size)
+    product = operator_product_bytes(spec.in_channels, spec.out_channels, extended, math.prod(output_shape), item)
+    vectors = 2 * item * (spec.in_channels * math.prod(input_shape) + spec.out_channels * math.prod(output_shape))
+    return weight + product + vectors
 
 
 def _vector_bytes(spec: ConvSpec, grid: Sequence[int]) -> int:
@@ -101,11 +108,13 @@ def _vector_bytes(spec: ConvSpec, grid: Sequence[int]) -> int:
 
 
 def lanczos_basis(request: NormRequest) -> int:
-    """The padded solver's Lanczos basis size: 300 vectors at most, at most a quarter of the budget,
-    at least :data:`LANCZOS_MIN_BASIS`."""
+    """The padded solver's Lanczos basis size: 300 vectors at most, at most :data:`LANCZOS_MAX_BYTES` and a
+    quarter of the budget, at least :data:`LANCZOS_MIN_BASIS`."""
     spec = request.spec
-    longest = max(spec.in_channels * math.prod(request.input_shape), spec.out_channels * math.prod(spec.output_shape))
-    return int(max(LANCZOS_MIN_BASIS, min(300, (request.max_memory // 4) // max(1, 16 * longest))))
+    columns = spec.in_channels * math.prod(request.input_shape)
+    item = 16 if request.is_complex else 8
+    room = min(LANCZOS_MAX_BYTES, request.max_memory // 4) // max(1, item * columns)
+    return int(max(LANCZOS_MIN_BASIS, min(300, room)))
 
 
 def _lanczos_bytes(request: NormRequest, real: bool) -> int:
@@ -133,6 +142,23 @@ def wrap_spec(spec: ConvSpec, grid: Sequence[int], stride: Sequence[int]) -> Con
     )
 
 
+def padded_bytes(request: NormRequest) -> int:
+    """Peak bytes of the padded solver of ``request`` without its optional Cholesky certificate."""
+    spec = request.spec
+    real = not request.is_complex
+    if request.mode == "zeros":
+        certificate = wrap_spec(spec, request.enlarged_grid(), spec.stride)
+    else:
+        certificate = wrap_spec(spec, request.input_shape, (1,) * spec.ndim)
+    extended = tuple(
+        s * (m - 1) + d * (k - 1) + 1
+        for s, m, d, k in zip(spec.stride, spec.output_shape, spec.dilation, spec.kernel_size, strict=True)
+    )
+    op = operator_bytes(spec, request.input_shape, spec.output_shape, real, extended)
+    start = maximum_bytes(certificate, real, request.workers) + _vector_bytes(spec, certificate.input_shape)
+    return op + max(start, _lanczos_bytes(request, real))
+
+
 def request_bytes(request: NormRequest, *, want_bracket: bool) -> int:
     """Peak bytes the solver of ``request`` will allocate (an estimate that errs high).
 
@@ -149,17 +175,7 @@ def request_bytes(request: NormRequest, *, want_bracket: bool) -> int:
             out = spec.output_shape
             total += wrap_matvec_bytes(spec.out_channels, spec.in_channels, out, real) + _vector_bytes(spec, n)
         return total
-    if request.mode == "zeros":
-        grid = tuple(
-            good_fft_size(n + pl + pr) for n, (pl, pr) in zip(request.input_shape, request.padding, strict=True)
-        )
-        certificate = wrap_spec(spec, request.enlarged_grid(), spec.stride)
-    else:
-        grid = request.input_shape
-        certificate = wrap_spec(spec, request.input_shape, (1,) * spec.ndim)
-    op = operator_bytes(spec, grid, request.input_shape, spec.output_shape, real)
-    start = maximum_bytes(certificate, real, request.workers) + _vector_bytes(spec, certificate.input_shape)
-    return op + max(start, _lanczos_bytes(request, real))
+    return padded_bytes(request)
 
 
 def check_request(request: NormRequest, *, want_bracket: bool) -> None:

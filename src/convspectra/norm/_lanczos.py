@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._threads import single_threaded_blas
+from .._threads import limit_threads
 
 __all__ = ["LanczosResult", "largest_singular_value"]
 
@@ -60,6 +60,8 @@ def largest_singular_value(
     max_iter: int,
     basis: int = 40,
     deadline: float | None = None,
+    target: float | None = None,
+    threads: int = 1,
 ) -> LanczosResult:
     """Largest singular value of ``A`` (given by ``matvec``/``rmatvec`` on flat vectors).
 
@@ -71,6 +73,9 @@ def largest_singular_value(
         basis: the most Lanczos vectors kept before a restart.
         deadline: a :func:`time.monotonic` reading after which the iteration stops at its next
             Ritz check, unconverged (None: no deadline).
+        target: a known upper bound on the norm: the iteration also stops (converged) when the
+            Ritz value's square root is within ``rtol`` of it (None: the residual test only).
+        threads: BLAS threads for the products and the vector operations.
 
     Returns:
         The :class:`LanczosResult`; ``converged`` is False when ``max_iter`` or the deadline was
@@ -87,7 +92,8 @@ def largest_singular_value(
     iterations, residual = 0, np.inf
     converged = timed_out = False
     basis = max(1, min(basis, q.size))
-    with single_threaded_blas():  # vector operations on one core: BLAS threads only contend
+    closing = np.inf if target is None else (target * (1 - rtol)) ** 2  # theta above this: the bracket has closed
+    with limit_threads(threads):
         while True:
             vectors = np.zeros((basis + 1, q.size), dtype=q.dtype)  # rows: the Lanczos vectors
             vectors[0] = q
@@ -106,13 +112,13 @@ def largest_singular_value(
                     beta = float(np.linalg.norm(w))
                 invariant = beta <= 1e-13 * max(abs(alphas[j]), np.finfo(float).tiny)  # the Krylov space is exhausted
                 last = invariant or iterations >= max_iter or j == basis - 1
-                if last or j % 4 == 3:  # the Ritz values every few steps (an eigensolve of j x j)
+                if last or j % 4 == 3 or j < 3:  # the Ritz values every few steps (an eigensolve of j x j)
                     tri = np.diag(alphas[: j + 1]) + np.diag(betas[:j], 1) + np.diag(betas[:j], -1)
                     values, vecs = np.linalg.eigh(tri)
                     theta = float(values[-1])
                     residual = beta * abs(vecs[-1, -1]) / max(theta, np.finfo(float).tiny)
                     ritz = vecs[:, -1] @ vectors[: j + 1]
-                    if residual <= rtol or invariant:
+                    if residual <= rtol or invariant or theta >= closing:
                         converged = True
                         break
                     timed_out = deadline is not None and time.monotonic() >= deadline

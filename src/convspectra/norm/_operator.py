@@ -1,16 +1,18 @@
 r"""A convolution layer as a linear operator: matrix-free products with it and its adjoint.
 
 :class:`ConvOperator` applies a layer with zero padding, or with circular padding of any width,
-or with wrap-around boundary, to arrays ``(in_channels, *input_shape)``, by FFT on a grid large
-enough that nothing wraps where it must not:
+or with wrap-around boundary, to arrays ``(in_channels, *input_shape)``, tap by tap:
 
-* the input is placed at offset ``p_left`` in a grid of size ``N >= n + p_left + p_right``
-  (zero padding; ``N = n`` for the circular modes),
-* the stride-1 correlation ``y1[v] = sum_t W_t x[(v + delta t) mod N]`` is one product per
-  frequency, ``Y(f) = W^(f) X(f)`` with ``W^(f) = sum_t W_t exp(+2 pi i f delta t / N)``,
-* the outputs are the samples ``y1[(s u - shift) mod N]``, ``u = 0 .. m - 1``.
+* the input is extended to the ``L = s (m - 1) + delta (k - 1) + 1`` positions the outputs read
+  (per axis): position ``p`` holds ``x[p - p_left]`` inside the input and 0 outside (zero
+  padding), or ``x[(p - p_left) mod n]`` (circular padding; ``p_left = 0`` for wrap-around),
+* each tap ``t`` is one matrix product: its ``(out x in)`` channel matrix times the strided
+  slice ``p = s u + delta t`` of the extended input (``in x outputs``), accumulated,
+* taps whose slice lies wholly in the zero padding are skipped.
 
-The adjoint scatters, transforms and multiplies by ``W^(f)^H``. It is what the iterative solver
+The adjoint multiplies by each tap's conjugate transpose, adds into the slices and folds the
+extension back onto the input. Nothing larger than the input, the output and one slice is
+held (no kernel spread on a grid, no transform). It is what the iterative solver
 of :func:`convspectra.operator_norm` runs on for padded layers, and it is public so that other
 matrix-free methods can use the exact padded layer too (for instance
 ``scipy.sparse.linalg.svds`` for its largest few singular values). The test-suite checks it
@@ -40,7 +42,7 @@ from .._checks import as_tuple, choice, integer
 from ..errors import ParameterError
 from ..spec import parse_kernel
 
-__all__ = ["ConvOperator", "good_fft_size"]
+__all__ = ["ConvOperator", "good_fft_size", "operator_product_bytes"]
 
 #: The boundary handlings :meth:`ConvOperator.create` accepts.
 MODES = ("zeros", "circular", "wrap")
@@ -105,13 +107,22 @@ def _padding_pairs(padding: Any, ndim: int) -> tuple[tuple[int, int], ...]:
     return tuple((p, p) for p in as_tuple("padding", padding, ndim, minimum=0))
 
 
+def operator_product_bytes(
+    in_channels: int, out_channels: int, extended: Sequence[int], outputs: int, item: int
+) -> int:
+    """Peak bytes of one :meth:`ConvOperator.matvec` or ``rmatvec`` (Python ints): the extended input,
+    one slice copy, one tap's product, the output and the folded input."""
+    return item * (2 * in_channels * math.prod(extended) + in_channels * outputs + 2 * out_channels * outputs)
+
+
 @dataclass(frozen=True)
 class ConvOperator:
     """A forward convolution ``(in_channels, *input_shape) -> (out_channels, *output_shape)``, matrix-free.
 
-    Build it with :meth:`create`. Attributes are the normalised geometry: FFT ``grid``, the
-    input ``offset`` in it, the output sampling ``shift``, the frequency-domain kernel ``hat``
-    ``(F, groups, out/groups, in/groups)`` on the (real-to-complex when ``real``) FFT grid.
+    Build it with :meth:`create`. Attributes are the normalised geometry: the boundary ``mode``,
+    the ``padding`` as ``(left, right)`` per axis (the circular shift for ``"circular"``; zeros for
+    ``"wrap"``), the ``extended`` input size the outputs read, and the ``live`` taps (flat
+    indices into the kernel's taps) whose slice meets the input.
     """
 
     weight: np.ndarray
@@ -120,11 +131,10 @@ class ConvOperator:
     dilation: tuple[int, ...]
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
-    grid: tuple[int, ...]
-    offset: tuple[int, ...]
-    shift: tuple[int, ...]
-    real: bool
-    hat: np.ndarray
+    mode: str
+    padding: tuple[tuple[int, int], ...]
+    extended: tuple[int, ...]
+    live: tuple[int, ...]
 
     @classmethod
     def create(
@@ -172,34 +182,26 @@ class ConvOperator:
                 raise ParameterError(
                     f"input_shape: the wrap-around mode needs a multiple of the stride {s} on every axis, got {n}"
                 )
-            grid, offset, shift = n, (0,) * d, (0,) * d
+            pads = ((0, 0),) * d
             m = tuple(a // b for a, b in zip(n, s, strict=True))
         else:
             m = padded_output_shape(n, pads, kernel_size=k, stride=s, dilation=dl)
-            if mode == "zeros":
-                grid = tuple(good_fft_size(ni + pl + pr) for ni, (pl, pr) in zip(n, pads, strict=True))
-                offset, shift = tuple(pl for pl, _ in pads), (0,) * d
-            else:
-                grid, offset, shift = n, (0,) * d, tuple(pl for pl, _ in pads)
         array = to_numpy(parsed)
-        real = not np.iscomplexobj(array)
-        array = np.asarray(array, dtype=np.float64 if real else np.complex128)
-        # taps scattered on the grid (added where they wrap onto each other)
+        array = np.asarray(array, dtype=np.complex128 if np.iscomplexobj(array) else np.float64)
+        extended = tuple(si * (mi - 1) + di * (ki - 1) + 1 for si, mi, di, ki in zip(s, m, dl, k, strict=True))
         taps = np.stack(np.unravel_index(np.arange(math.prod(k)), k), axis=1)
-        positions = (taps * np.asarray(dl)) % np.asarray(grid)
-        spread = np.zeros((*array.shape[:2], *grid), dtype=array.dtype)
-        flat_w = array.reshape(*array.shape[:2], -1)
-        for index, pos in enumerate(positions):
-            where = (slice(None), slice(None), *pos)
-            spread[where] += flat_w[..., index]
-        axes = tuple(range(2, 2 + d))
-        if real:
-            hat = np.conj(np.fft.rfftn(spread, axes=axes))
+        if mode == "zeros":  # a tap is live when some output reads the input through it, on every axis
+            live = [
+                index
+                for index, tap in enumerate(taps)
+                if all(
+                    _meets(t * di - pl, si, mi, ni)
+                    for t, di, (pl, _), si, mi, ni in zip(tap, dl, pads, s, m, n, strict=True)
+                )
+            ]
         else:
-            hat = np.conj(np.fft.fftn(np.conj(spread), axes=axes))
-        out_c, in_g = array.shape[:2]
-        hat = hat.reshape(groups, out_c // groups, in_g, -1).transpose(3, 0, 1, 2).copy()
-        return cls(array, groups, s, dl, n, m, grid, offset, shift, real, hat)
+            live = list(range(len(taps)))
+        return cls(array, groups, s, dl, n, m, mode, pads, extended, tuple(live))
 
     @property
     def in_channels(self) -> int:
@@ -230,29 +232,48 @@ class ConvOperator:
             )
         return values.reshape(shape)
 
-    def _samples(self) -> tuple[np.ndarray, ...]:
+    def _indices(self) -> tuple[np.ndarray, ...]:
+        """Per axis, the input index of each extended position (circular modes)."""
         return tuple(
-            (s * np.arange(m) - sh) % g
-            for s, m, sh, g in zip(self.stride, self.output_shape, self.shift, self.grid, strict=True)
+            (np.arange(size) - pl) % n
+            for size, (pl, _), n in zip(self.extended, self.padding, self.input_shape, strict=True)
         )
 
-    def _forward_fft(self, z: np.ndarray) -> np.ndarray:
-        axes = tuple(range(1, z.ndim))
-        return np.fft.rfftn(z, axes=axes) if self.real else np.fft.fftn(z, axes=axes)
+    def _overlap(self) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+        """Zero padding: the extended positions that hold the input, and the input positions they hold."""
+        ext, inp = [], []
+        for size, (pl, _), n in zip(self.extended, self.padding, self.input_shape, strict=True):
+            lo, hi = max(0, pl), min(size, pl + n)
+            hi = max(hi, lo)
+            ext.append(slice(lo, hi))
+            inp.append(slice(lo - pl, hi - pl))
+        return (slice(None), *ext), (slice(None), *inp)
 
-    def _inverse_fft(self, z: np.ndarray) -> np.ndarray:
-        axes = tuple(range(1, z.ndim))
-        if self.real:
-            return np.fft.irfftn(z, s=self.grid, axes=axes)
-        return np.fft.ifftn(z, axes=axes)
+    def _slices(self) -> list[tuple[int, tuple[slice, ...]]]:
+        """``(tap, index of its strided slice of the extended input)`` for every live tap."""
+        k = self.weight.shape[2:]
+        out = []
+        for index in self.live:
+            tap = np.unravel_index(index, k)
+            window = tuple(
+                slice(di * int(t), di * int(t) + si * (mi - 1) + 1, si)
+                for t, di, si, mi in zip(tap, self.dilation, self.stride, self.output_shape, strict=True)
+            )
+            out.append((index, (slice(None), *window)))
+        return out
 
-    def _multiply(self, spectrum: np.ndarray, adjoint: bool) -> np.ndarray:
-        channels = spectrum.shape[0]
-        freq_shape = spectrum.shape[1:]
-        per_group = spectrum.reshape(self.groups, channels // self.groups, -1).transpose(2, 0, 1)[..., None]
-        hat = np.conj(np.swapaxes(self.hat, 2, 3)) if adjoint else self.hat
-        out = (hat @ per_group)[..., 0]  # (F, G, c)
-        return out.transpose(1, 2, 0).reshape(-1, *freq_shape)
+    def _taps(self, adjoint: bool) -> np.ndarray:
+        """``(taps, groups, rows, cols)``: each tap's channel matrix per group (conjugate transposed: adjoint)."""
+        out_c, per_group = self.weight.shape[:2]
+        w = self.weight.reshape(self.groups, out_c // self.groups, per_group, -1).transpose(3, 0, 1, 2)
+        return np.conj(np.swapaxes(w, 2, 3)) if adjoint else w
+
+    @staticmethod
+    def _apply(matrices: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """``(G, r, c) @ (G, c, P)`` (a broadcast product where c is 1: depthwise layers)."""
+        if matrices.shape[2] == 1:
+            return matrices * block
+        return matrices @ block
 
     def matvec(self, x: np.ndarray) -> np.ndarray:
         """``A x`` for ``x`` of shape ``(in_channels, *input_shape)`` (or flat).
@@ -261,10 +282,21 @@ class ConvOperator:
             ``(out_channels, *output_shape)``, float64 or complex128.
         """
         x = self._reshaped("x", x, (self.in_channels, *self.input_shape))
-        padded = np.zeros((self.in_channels, *self.grid), dtype=np.result_type(x, self.weight))
-        padded[self._input_window()] = x
-        full = self._inverse_fft(self._multiply(self._forward_fft(padded), adjoint=False))
-        return full[self._output_samples()]
+        dtype = np.result_type(x, self.weight)
+        if self.mode == "zeros":
+            ext = np.zeros((self.in_channels, *self.extended), dtype=dtype)
+            into, outof = self._overlap()
+            ext[into] = x[outof]
+        else:
+            ext = np.asarray(x, dtype=dtype)[(slice(None), *np.ix_(*self._indices()))]
+        points = math.prod(self.output_shape)
+        w = self._taps(adjoint=False)
+        g = self.groups
+        y = np.zeros((g, self.out_channels // g, points), dtype=dtype)
+        for index, window in self._slices():
+            block = ext[window].reshape(g, self.in_channels // g, points)
+            y += self._apply(w[index], block)
+        return y.reshape(self.out_channels, *self.output_shape)
 
     def rmatvec(self, y: np.ndarray) -> np.ndarray:
         """``A^H y`` for ``y`` of shape ``(out_channels, *output_shape)`` (or flat).
@@ -273,20 +305,28 @@ class ConvOperator:
             ``(in_channels, *input_shape)``, float64 or complex128.
         """
         y = self._reshaped("y", y, (self.out_channels, *self.output_shape))
-        full = np.zeros((self.out_channels, *self.grid), dtype=np.result_type(y, self.weight))
-        if all(len(np.unique(axis)) == len(axis) for axis in self._samples()):
-            full[self._output_samples()] = y
-        else:  # circular padding wider than the input: an input position feeds several outputs
-            np.add.at(full, self._output_samples(), y)
-        back = self._inverse_fft(self._multiply(self._forward_fft(full), adjoint=True))
-        return back[self._input_window()]
+        dtype = np.result_type(y, self.weight)
+        g = self.groups
+        block = np.asarray(y, dtype=dtype).reshape(g, self.out_channels // g, -1)
+        wh = self._taps(adjoint=True)
+        ext = np.zeros((self.in_channels, *self.extended), dtype=dtype)
+        for index, window in self._slices():
+            ext[window] += self._apply(wh[index], block).reshape(self.in_channels, *self.output_shape)
+        if self.mode == "zeros":
+            x = np.zeros((self.in_channels, *self.input_shape), dtype=dtype)
+            into, outof = self._overlap()
+            x[outof] = ext[into]
+            return x
+        for axis, index in enumerate(self._indices()):  # fold the extension back onto the input, axis by axis
+            shape = list(ext.shape)
+            shape[axis + 1] = self.input_shape[axis]
+            folded = np.zeros(shape, dtype=dtype)
+            np.add.at(folded, (slice(None),) * (axis + 1) + (index,), ext)
+            ext = folded
+        return ext
 
-    def _input_window(self) -> tuple[slice, ...]:
-        """Index of the input inside the FFT grid (channels first)."""
-        window = (slice(None), *(slice(o, o + n) for o, n in zip(self.offset, self.input_shape, strict=True)))
-        return window
 
-    def _output_samples(self) -> tuple[Any, ...]:
-        """Index of the outputs among the stride-1 correlation's values (channels first)."""
-        samples = (slice(None), *np.ix_(*self._samples()))
-        return samples
+def _meets(offset: int, stride: int, outputs: int, n: int) -> bool:
+    """Whether some ``offset + stride * u``, ``0 <= u < outputs``, lies in ``[0, n)``."""
+    first = max(0, -(offset // stride))  # the first u with offset + s u >= 0
+    return first < outputs and offset + stride * first < n

@@ -8,10 +8,14 @@
   stride-1 wrap-around layer, some repeated; its norm times the square root of the most
   repetitions bounds the norm from above.
 
-Proposition 11's bound replaces either when smaller. Restarted Lanczos on :math:`A^H A`
-(:mod:`convspectra.norm._lanczos`) with matrix-free FFT products
-(:class:`~convspectra.norm.ConvOperator`) then converges to the norm; its value, an actual
-Rayleigh quotient, is the certified lower bound.
+Proposition 11's bound replaces either when smaller. The start vector's Rayleigh quotient,
+computed through the padded layer tap by tap (:class:`~convspectra.norm.ConvOperator`), is a
+certified lower bound; when it already meets the upper bound to ``rtol`` (large maps, where the
+two layers differ by little), that is the answer. Otherwise restarted Lanczos on :math:`A^H A`
+(:mod:`convspectra.norm._lanczos`, a basis bounded by the memory budget) converges to the norm;
+its value, an actual Rayleigh quotient, is the certified lower bound. Then, where the bracket is
+still wider than ``TIGHT_GAP`` and the band fits (:mod:`convspectra.norm._cholesky`), a verified
+banded Cholesky factorisation of :math:`u^2 I - A^H A` certifies ``u = value (1 + delta)``.
 
 Example:
     >>> import numpy as np
@@ -30,15 +34,22 @@ import time
 import numpy as np
 
 from .._rescale import scale_up
+from .._threads import limit_threads
 from ..bounds import channel_l1_bound
-from ._budget import lanczos_basis, wrap_spec
+from ._budget import lanczos_basis, padded_bytes, wrap_spec
+from ._cholesky import affordable, certify_upper, cheaper_plan
 from ._circular import circular_maximum, circular_plan, larger_part, top_singular_vector
 from ._lanczos import largest_singular_value
 from ._operator import ConvOperator
 from ._request import NormRequest
 from ._solution import Solution, rounding_allowance
 
-__all__ = ["solve_padded"]
+__all__ = ["CERTIFY_MARGINS", "TIGHT_GAP", "solve_padded"]
+
+#: The relative bracket above which a verified Cholesky certificate is attempted (when affordable).
+TIGHT_GAP = 5e-5
+#: The margins ``delta`` tried in turn: ``u = value (1 + delta)`` is certified by the first that holds.
+CERTIFY_MARGINS = (2e-5, 3e-4, 3e-3)
 
 
 def _certificate(request: NormRequest, weight: np.ndarray) -> tuple[float, str, np.ndarray]:
@@ -65,10 +76,32 @@ def _certificate(request: NormRequest, weight: np.ndarray) -> tuple[float, str, 
         )
         upper, where = found.value * math.sqrt(repeats), "stride-1 circular norm x sqrt(row repetitions)"
         start = top_singular_vector(plan, flat, found.frequency)
-    prop11 = float(channel_l1_bound(weight, layout="OIHW", groups=spec.groups))
+    prop11 = float(channel_l1_bound(weight, layout="OIHW", groups=spec.groups))  # bounds every circular layer
+    if request.mode != "zeros":  # ... and so the stride-1 one, whose rows are repeated
+        prop11 *= math.sqrt(repeats)
     if prop11 < upper:
         upper, where = prop11, "Proposition 11"
     return upper, where, start
+
+
+def _tighten(request: NormRequest, weight: np.ndarray, value: float, upper: float) -> tuple[float, str] | None:
+    """A verified Cholesky certificate below ``upper`` (``(bound, its name)``), or None when it is not
+    affordable or does not hold at any margin."""
+    if request.mode != "zeros" or value <= 0:
+        return None
+    plan = cheaper_plan(request)
+    spare = request.max_memory - padded_bytes(request)
+    if not affordable(request, plan, spare):
+        return None
+    for delta in CERTIFY_MARGINS:
+        u = value * (1 + delta)
+        if u >= upper:
+            return None
+        bound = certify_upper(request, weight, u, plan)
+        if bound is not None:
+            side = "A^H A" if plan.side == "input" else "A A^H"
+            return bound, f"verified banded Cholesky of u^2 I - {side} (N={plan.size}, bandwidth {plan.bandwidth})"
+    return None
 
 
 def solve_padded(request: NormRequest) -> Solution:
@@ -79,8 +112,8 @@ def solve_padded(request: NormRequest) -> Solution:
 
     Returns:
         The :class:`~convspectra.norm._solution.Solution`; when the solver reached ``max_iter``
-        first, ``converged`` is False, the value is the certified lower bound and ``warning``
-        gives the bracket.
+        or ``time_limit`` first, ``converged`` is False, the value is the certified lower bound
+        and ``warning`` gives the bracket.
 
     The memory estimate is checked by the caller (:func:`convspectra.norm._budget.check_request`).
     """
@@ -99,40 +132,57 @@ def solve_padded(request: NormRequest) -> Solution:
     upper, where, start = _certificate(request, weight)
     if not np.iscomplexobj(weight):
         start = larger_part(start)
-    rng = np.random.default_rng(0)  # a little of every direction, reproducibly
     e = request.exponent
+    start = np.ascontiguousarray(start).ravel()
+    start = start / max(float(np.linalg.norm(start)), 1e-300)
+    with limit_threads(request.workers):
+        quotient = float(np.linalg.norm(op.matvec(start)))
     if not request.refine:  # the bracket only: the circular vector's Rayleigh quotient below
-        quotient = float(np.linalg.norm(op.matvec(start)) / max(np.linalg.norm(start), 1e-300))
         upper_scaled = max(upper, quotient) * (1 + allowance)
         lower_scaled = max(0.0, quotient - allowance * upper_scaled)
         lower = float(scale_up(lower_scaled, e))
         method = f"bracket only (not refined): the circular top vector's Rayleigh quotient and the {where}"
-        return Solution(lower, lower, float(scale_up(upper_scaled, e)), False, method, operator=op)
-    noise = rng.standard_normal(start.shape)
-    start = start / max(np.linalg.norm(start), 1e-300) + 1e-3 * noise / np.linalg.norm(noise)
-    basis = lanczos_basis(request)
-    deadline = None if request.time_limit is None else time.monotonic() + request.time_limit
-    result = largest_singular_value(
-        lambda v: op.matvec(v).ravel(),
-        lambda v: op.rmatvec(v).ravel(),
-        start,
-        rtol=request.rtol,
-        max_iter=request.max_iter,
-        basis=basis,
-        deadline=deadline,
-    )
-    upper_scaled = max(upper * (1 + allowance), result.value * (1 + allowance))
-    upper = float(scale_up(upper_scaled, e))
-    lower = float(scale_up(max(0.0, result.value - allowance * upper_scaled), e))
-    value = float(scale_up(result.value, e))
-    method = f"Lanczos ({result.iterations} products with A^H A) between the Rayleigh quotient and the {where}"
+        return Solution(lower, lower, float(scale_up(upper_scaled, e)), False, method, vector=start, operator=op)
+    if upper - quotient <= request.rtol * upper:  # the cheapest certificate: the bracket has closed already
+        value, vector, converged, residual, timed_out = quotient, start, True, 0.0, False
+        how = "the circular top vector's Rayleigh quotient (no iteration needed)"
+    else:
+        rng = np.random.default_rng(0)  # a little of every direction, reproducibly
+        noise = rng.standard_normal(start.shape)
+        begin = start + 1e-3 * noise / np.linalg.norm(noise)
+        deadline = None if request.time_limit is None else time.monotonic() + request.time_limit
+        result = largest_singular_value(
+            lambda v: op.matvec(v).ravel(),
+            lambda v: op.rmatvec(v).ravel(),
+            begin,
+            rtol=request.rtol,
+            max_iter=request.max_iter,
+            basis=lanczos_basis(request),
+            deadline=deadline,
+            target=upper,
+            threads=request.workers,
+        )
+        value, vector, converged = result.value, result.vector, result.converged
+        residual, timed_out = result.residual, result.timed_out
+        if quotient > value:  # the start was better than where the iteration stopped
+            value, vector = quotient, start
+        how = f"Lanczos ({result.iterations} products with A^H A)"
+    if converged and (upper - value) > TIGHT_GAP * upper:
+        tight = _tighten(request, weight, value, upper)
+        if tight is not None:
+            upper, where = tight
+    upper_scaled = max(upper, value) * (1 + allowance)
+    upper_out = float(scale_up(upper_scaled, e))
+    lower = float(scale_up(max(0.0, value - allowance * upper_scaled), e))
+    method = f"{how} between the Rayleigh quotient and the {where}"
     warning = None
-    if not result.converged:
-        limit = f"time_limit={request.time_limit:g} s" if result.timed_out else f"max_iter={request.max_iter}"
+    if not converged:
+        limit = f"time_limit={request.time_limit:g} s" if timed_out else f"max_iter={request.max_iter}"
         method += f"; stopped at {limit}"
         warning = (
             f"operator_norm: the Lanczos solver did not reach rtol={request.rtol:g} within "
-            f"{limit} (relative residual {result.residual:.2e}); the norm lies in "
-            f"[{lower:.10g}, {upper:.10g}] and the lower end is returned. Raise max_iter, time_limit or rtol."
+            f"{limit} (relative residual {residual:.2e}); the norm lies in "
+            f"[{lower:.10g}, {upper_out:.10g}] and the lower end is returned. Raise max_iter, time_limit or rtol."
         )
-    return Solution(value, lower, upper, result.converged, method, warning, vector=result.vector, operator=op)
+    value_out = float(scale_up(value, e))
+    return Solution(value_out, lower, upper_out, converged, method, warning, vector=vector, operator=op)
