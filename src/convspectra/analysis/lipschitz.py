@@ -123,8 +123,8 @@ class _Walk(GraphRules):
                 folded = _folded_norm(self.graph.get_submodule(conv), module, size, self.padding)
             except Exception:  # a layer the solver refuses: keep the unfolded rule
                 folded = None
-            if folded is not None and folded < scale * self.norms[conv]:
-                factor = folded / self.norms[conv]
+            if folded is not None and folded <= scale * self.norms[conv] * (1 + 1e-9):
+                factor = min(folded / self.norms[conv], scale)
                 return factor, f"folded with {conv} for the bound: ||{name} o {conv}|| = {folded:.6g}"
         return scale, "BatchNorm (eval): max |gamma| / sqrt(var + eps)"
 
