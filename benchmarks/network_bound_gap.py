@@ -73,9 +73,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--restarts", type=int, default=4)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument(
+        "--padding",
+        choices=("model", "circular"),
+        default="model",
+        help="model: the models as they run (zero padding); circular: every conv made circular, circular norms",
+    )
     args = parser.parse_args(argv)
     print(f"# machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
           f"python {sys.version.split()[0]}")  # fmt: skip
+    print(f"# padding: {args.padding}, {args.restarts} restarts of {args.steps} steps")
     print("| model | network bound | plain product of layer norms | observed pair ratio | "
           "observed local Jacobian norm | bound / observed |")  # fmt: skip
     print("|---|---|---|---|---|---|")
@@ -85,11 +92,17 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name} | pretrained weights not found under $CONVSPECTRA_DATA | | | | |")
             continue
         model = load_weights(MODELS[name](), path).double().eval()
+        if args.padding == "circular":  # the network the circular bound is about
+            for module in model.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    module.padding_mode = "circular"
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         start = time.perf_counter()
-        report = spectral_report(model, torch.zeros(1, 3, 32, 32, dtype=torch.float64), padding="model", fold_bn=True)
-        product = math.prod(layer.norm("model") for layer in report.layers)
+        report = spectral_report(
+            model, torch.zeros(1, 3, 32, 32, dtype=torch.float64), padding=args.padding, fold_bn=True
+        )
+        product = math.prod(layer.norm(args.padding) for layer in report.layers)
         seconds = time.perf_counter() - start
         pair, local = observed_ratio(model, restarts=args.restarts, steps=args.steps)
         bound = report.network_bound.value
