@@ -220,7 +220,7 @@ def test_batchnorm_is_folded_for_the_bound_even_when_the_report_does_not_fold():
         assert plain.network_bound.value <= folded.network_bound.value * (1 + 1e-9)
         assert "folded with 0 for the bound" in plain.network_bound.rules[2].rule
         unfolded = plain.layers[0].norm(padding) * float(
-            (model[1].weight / torch.sqrt(model[1].running_var + model[1].eps)).abs().max()
+            (model[1].weight.detach() / torch.sqrt(model[1].running_var + model[1].eps)).abs().max()
         )
         assert plain.network_bound.value < unfolded * plain.layers[1].norm(padding)
 
