@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .figure4 import Figure4Observations, figure4_observations
 from .plots import plot_sigma_max, plot_spectra
-from .records import CSV_COLUMNS, SCHEMA_VERSION, LayerReport, NetworkBound, SpectralReport
+from .records import CSV_COLUMNS, SCHEMA_VERSION, LayerReport, NetworkBound, NodeRule, SpectralReport
 from .schema import REPORT_SCHEMA, validate_report
 from .summary import spectrum_summary
 
@@ -49,6 +49,7 @@ __all__ = [
     "LayerCall",
     "LayerReport",
     "NetworkBound",
+    "NodeRule",
     "SpectralReport",
     "adaptive_avg_pool_norm",
     "batchnorm_scale",

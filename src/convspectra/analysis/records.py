@@ -39,6 +39,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "LayerReport",
     "NetworkBound",
+    "NodeRule",
     "SpectralReport",
     "write_atomically",
 ]
@@ -137,24 +138,81 @@ class LayerReport:
 
 
 @dataclass
+class NodeRule:
+    """How the network bound treated one node of the model's ``torch.fx`` graph.
+
+    Attributes:
+        node: the graph node's name.
+        op: what the node computes (module name and type, function or method).
+        rule: the rule used, in words (e.g. "layer norm (exact)", "SiLU: max slope 1.09984",
+            "sum: L(a) + L(b)", "no global constant: LayerNorm").
+        factor: for a node with one input, its Lipschitz constant (the bound at the node is
+            ``factor`` times the bound at its input); None for sums, concatenations, constants and
+            nodes with no global constant.
+        bound: the bound on the Lipschitz constant of the map from the network input to this
+            node; None downstream of a node with no global constant.
+    """
+
+    node: str
+    op: str
+    rule: str
+    factor: float | None
+    bound: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"node": self.node, "op": self.op, "rule": self.rule, "factor": self.factor, "bound": self.bound}
+
+
+@dataclass
 class NetworkBound:
     """An UPPER bound on the network's Lipschitz constant (l2 to l2), never its exact value.
 
     Attributes:
-        value: the bound, or None when the model's graph has an operation with no known constant.
+        value: the bound, or None when the model's graph has an operation with no known constant
+            or with no global constant (LayerNorm, a product of two activations...).
         padding: which layer norms it uses ("circular": the network with wrap-around convolutions;
             "model": certified upper ends of the layers' own-padding brackets, so it bounds the model
             as it runs).
-        description: how it was obtained, in words.
+        description: how it was obtained, in words (when ``value`` is None: why).
+        rules: one :class:`NodeRule` per node of the traced graph, in graph order (empty when the
+            model could not be traced).
     """
 
     value: float | None
     padding: str
     description: str
+    rules: list[NodeRule] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
-        return {"value": self.value, "padding": self.padding, "description": self.description}
+        return {
+            "value": self.value,
+            "padding": self.padding,
+            "description": self.description,
+            "rules": [rule.to_dict() for rule in self.rules],
+        }
+
+    def to_table(self) -> str:
+        """A fixed-width text table of the per-node rules (the nodes that change the bound or have none).
+
+        Identity-like nodes (factor 1, e.g. ReLU, reshapes) are left out of the table; they are in
+        :attr:`rules`.
+        """
+        header = f"{'node':<28} {'op':<34} {'factor':>10} {'bound':>11}  rule"
+        lines = [header, "-" * len(header)]
+        for rule in self.rules:
+            if rule.factor == 1.0 and rule.bound is not None:
+                continue
+            if rule.factor is None and rule.bound is not None and rule.rule.startswith("constant"):
+                continue
+            lines.append(
+                f"{rule.node[-28:]:<28} {rule.op[-34:]:<34} {_number(rule.factor, 10, '.5g')} "
+                f"{_number(rule.bound, 11, '.5g')}  {rule.rule}"
+            )
+        value = f"{self.value:.6g}" if self.value is not None else "not available"
+        lines += ["", f"network Lipschitz UPPER bound: {value} ({self.description})"]
+        return "\n".join(lines)
 
 
 def write_atomically(path: str | os.PathLike[str], text: str) -> None:

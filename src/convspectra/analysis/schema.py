@@ -141,11 +141,27 @@ REPORT_SCHEMA: dict[str, Any] = {
         "network_bound": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["value", "padding", "description"],
+            "required": ["value", "padding", "description", "rules"],
             "properties": {
                 "value": {**_NONNEG_OR_NULL, "description": "UPPER bound on the Lipschitz constant, or null"},
                 "padding": {"enum": ["circular", "model"]},
                 "description": {"type": "string"},
+                "rules": {
+                    "type": "array",
+                    "description": "the rule used at each node of the traced graph, in graph order",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["node", "op", "rule", "factor", "bound"],
+                        "properties": {
+                            "node": {"type": "string", "description": "torch.fx node name"},
+                            "op": {"type": "string", "description": "module (name and type), function or method"},
+                            "rule": {"type": "string", "description": "the rule, in words"},
+                            "factor": {**_NONNEG_OR_NULL, "description": "Lipschitz constant of a one-input node"},
+                            "bound": {**_NONNEG_OR_NULL, "description": "bound from the input to this node"},
+                        },
+                    },
+                },
             },
         },
         "layers": {"type": "array", "items": _LAYER},
