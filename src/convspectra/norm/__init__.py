@@ -114,9 +114,11 @@ def _solve(request: NormRequest, *, want_bracket: bool) -> tuple[NormRequest, So
     solution = solve_padded(support.request.at_unit_scale())
     if support.request is not request:
         assert solution.vector is not None
-        what = f"kernel {'x'.join(map(str, support.request.spec.kernel_size))} of the taps that meet the input"
+        method = solution.method
+        if support.request.spec.kernel_size != request.spec.kernel_size:
+            method += f"; on the {'x'.join(map(str, support.request.spec.kernel_size))} taps that meet the input"
         solution = dataclasses.replace(
-            solution, vector=support.embed(solution.vector, request), operator=None, method=f"{solution.method}; {what}"
+            solution, vector=support.embed(solution.vector, request), operator=None, method=method
         )
     return request.at_unit_scale(), solution
 

@@ -4,9 +4,11 @@ Full reorthogonalisation within a basis of at most ``basis`` vectors, explicit r
 best Ritz vector. The Ritz value :math:`\theta \le \lambda_{\max}(A^H A)` always; the residual
 :math:`\|A^H A y - \theta y\| = \beta_j |e_j^T s|` bounds the distance from :math:`\theta` to an
 eigenvalue, and the iteration stops when it is below ``rtol * theta`` (relative accuracy of
-``rtol / 2`` in the singular value). The value returned is :math:`\|A y\| / \|y\|` for the final
-Ritz vector, computed through the operator: an actual Rayleigh quotient, so a certified lower
-bound whatever happened.
+``rtol / 2`` in the singular value), or when the Ritz value's error estimate ``residual^2 / gap``
+(``gap``: the relative distance to the next Ritz value, from the fifth step of a cycle on) is below
+``rtol / 4``, or when the Ritz value meets a known upper bound to ``rtol``. The value returned
+is :math:`\|A y\| / \|y\|` for the final Ritz vector, computed through the operator: an actual
+Rayleigh quotient, so a certified lower bound whatever happened.
 
 Example:
     >>> import numpy as np
@@ -112,13 +114,16 @@ def largest_singular_value(
                     beta = float(np.linalg.norm(w))
                 invariant = beta <= 1e-13 * max(abs(alphas[j]), np.finfo(float).tiny)  # the Krylov space is exhausted
                 last = invariant or iterations >= max_iter or j == basis - 1
-                if last or j % 4 == 3 or j < 3:  # the Ritz values every few steps (an eigensolve of j x j)
+                if last or j % 4 == 3 or j < 12:  # the Ritz values every few steps (an eigensolve of j x j)
                     tri = np.diag(alphas[: j + 1]) + np.diag(betas[:j], 1) + np.diag(betas[:j], -1)
                     values, vecs = np.linalg.eigh(tri)
                     theta = float(values[-1])
                     residual = beta * abs(vecs[-1, -1]) / max(theta, np.finfo(float).tiny)
                     ritz = vecs[:, -1] @ vectors[: j + 1]
-                    if residual <= rtol or invariant or theta >= closing:
+                    # the Ritz value's error is about residual^2 / gap (gap: to the next Ritz value, relative)
+                    gap = (theta - float(values[-2])) / max(theta, np.finfo(float).tiny) if j >= 4 else 0.0
+                    settled = gap > 0 and residual**2 <= gap * rtol / 4
+                    if residual <= rtol or settled or invariant or theta >= closing:
                         converged = True
                         break
                     timed_out = deadline is not None and time.monotonic() >= deadline
