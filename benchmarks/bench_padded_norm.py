@@ -72,7 +72,7 @@ def median_time(function: Any, repeats: int, *args: Any, **kwargs: Any) -> tuple
     return value, statistics.median(times)
 
 
-def run_resnet50(repeats: int, quick: bool) -> dict[str, Any]:
+def run_resnet50(repeats: int, quick: bool, progress: bool = False) -> dict[str, Any]:
     convs = layers("resnet50")
     counts = Counter(convs)
     shapes = sorted(counts, key=lambda c: (c[1], int(np.prod(c[0]))))
@@ -109,6 +109,11 @@ def run_resnet50(repeats: int, quick: bool) -> dict[str, Any]:
                 "method": bounds.method,
             }
         )
+        if progress:
+            r = rows[-1]
+            print(
+                f"  {r['layer']}: padded/circular {r['ratio']:.2f} ({r['padded_s']:.2f} s)", file=sys.stderr, flush=True
+            )
     expanded = [r["ratio"] for r in rows for _ in range(r["count"])]
     return {
         "machine": machine(),
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"slowest {result['max_seconds']:.3f} s")
     else:
-        result = run_resnet50(repeats, args.quick)
+        result = run_resnet50(repeats, args.quick, progress=True)
         print(f"medians of {repeats}; padded = operator_norm_bounds with the model's padding, circular = operator_norm")
         print(
             f"{'layer':34s} {'count':>5s} {'circular':>9s} {'padded':>9s} {'ratio':>6s} "

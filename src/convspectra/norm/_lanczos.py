@@ -4,9 +4,9 @@ Full reorthogonalisation within a basis of at most ``basis`` vectors, explicit r
 best Ritz vector. The Ritz value :math:`\theta \le \lambda_{\max}(A^H A)` always; the residual
 :math:`\|A^H A y - \theta y\| = \beta_j |e_j^T s|` bounds the distance from :math:`\theta` to an
 eigenvalue, and the iteration stops when it is below ``rtol * theta`` (relative accuracy of
-``rtol / 2`` in the singular value), or when the Ritz value's error estimate ``residual^2 / gap``
-(``gap``: the relative distance to the next Ritz value, from the fifth step of a cycle on) is below
-``rtol / 4``, or when the Ritz value meets a known upper bound to ``rtol``. The value returned
+``rtol / 2`` in the singular value), or when the Ritz value meets a known upper bound to ``rtol``.
+(An error estimate ``residual^2 / gap`` from the Ritz values stops earlier but was measured to stop
+1e-4 short on clustered spectra: not used.) The value returned
 is :math:`\|A y\| / \|y\|` for the final Ritz vector, computed through the operator: an actual
 Rayleigh quotient, so a certified lower bound whatever happened.
 
@@ -120,10 +120,7 @@ def largest_singular_value(
                     theta = float(values[-1])
                     residual = beta * abs(vecs[-1, -1]) / max(theta, np.finfo(float).tiny)
                     ritz = vecs[:, -1] @ vectors[: j + 1]
-                    # the Ritz value's error is about residual^2 / gap (gap: to the next Ritz value, relative)
-                    gap = (theta - float(values[-2])) / max(theta, np.finfo(float).tiny) if j >= 4 else 0.0
-                    settled = gap > 0 and residual**2 <= gap * rtol / 4
-                    if residual <= rtol or settled or invariant or theta >= closing:
+                    if residual <= rtol or invariant or theta >= closing:
                         converged = True
                         break
                     timed_out = deadline is not None and time.monotonic() >= deadline
