@@ -106,6 +106,15 @@ def _solve(request: NormRequest, *, want_bracket: bool) -> tuple[NormRequest, So
         check_request(request, want_bracket=want_bracket)
         request = request.at_unit_scale()
         return request, solve_wraparound(request, want_bracket=want_bracket)
+    spec = request.spec
+    pointwise = all(k == 1 for k in spec.kernel_size) and all(p == (0, 0) for p in request.padding)
+    if (
+        request.mode == "zeros"
+        and pointwise
+        and spec.output_shape == tuple(n // s for n, s in zip(request.input_shape, spec.stride, strict=True))
+        and all(n % s == 0 for n, s in zip(request.input_shape, spec.stride, strict=True))
+    ):
+        return _solve(dataclasses.replace(request, mode="wrap"), want_bracket=want_bracket)  # the same layer
     support = live_request(request)  # taps, inputs and outputs that only meet padding: dropped, sizes only
     if support.empty:
         zero = np.zeros(request.spec.in_channels * math.prod(request.input_shape))
