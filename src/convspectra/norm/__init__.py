@@ -71,8 +71,8 @@ class NormBounds:
         lower: ``||A x|| / ||x||`` for an actual vector x pushed through the operator (widened
             by the floating-point rounding allowance).
         upper: a guaranteed upper bound: the exact circular norm (circular padding), or the
-            exact circular norm on the enlarged grid that contains the zero-padded layer, or
-            Proposition 11's bound when that is smaller.
+            exact circular norm on the enlarged grid that contains the zero-padded layer, or a
+            verified banded Cholesky certificate of ``u^2 I - A^H A`` when that is smaller.
         value: the operator norm as :func:`operator_norm` returns it.
         converged: False when the iterative solver stopped at its budget or time limit, or was
             not run (``refine=False``); ``value`` is then only the lower bound.
@@ -243,7 +243,8 @@ def operator_norm_bounds(
     Arguments as :func:`operator_norm`. ``lower`` is the norm of the operator applied to an
     actual unit vector (the top singular vector found); ``upper`` is guaranteed: the exact norm
     (circular), or for a padded layer the exact norm of the circular layer on the enlarged grid
-    that contains it (or Proposition 11 if smaller). Both are widened by a floating-point
+    that contains it, or ``value (1 + delta)`` certified by a verified banded Cholesky factorisation
+    of ``u^2 I - A^H A`` where that is affordable (see docs/operator_norm.md). Both are widened by a floating-point
     rounding allowance of ``32 (taps + in + out) eps``.
 
     ``refine=False`` (padded layers) skips the iterative solver: the bracket is then the enlarged
