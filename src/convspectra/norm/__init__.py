@@ -71,8 +71,8 @@ class NormBounds:
         lower: ``||A x|| / ||x||`` for an actual vector x pushed through the operator (widened
             by the floating-point rounding allowance).
         upper: a guaranteed upper bound: the exact circular norm (circular padding), or the
-            exact circular norm on the enlarged grid that contains the zero-padded layer, or
-            Proposition 11's bound when that is smaller.
+            exact circular norm on the enlarged grid that contains the zero-padded layer, or a
+            verified banded Cholesky certificate of ``u^2 I - A^H A`` when that is smaller.
         value: the operator norm as :func:`operator_norm` returns it.
         converged: False when the iterative solver stopped at its budget or time limit, or was
             not run (``refine=False``); ``value`` is then only the lower bound.
@@ -106,6 +106,15 @@ def _solve(request: NormRequest, *, want_bracket: bool) -> tuple[NormRequest, So
         check_request(request, want_bracket=want_bracket)
         request = request.at_unit_scale()
         return request, solve_wraparound(request, want_bracket=want_bracket)
+    spec = request.spec
+    pointwise = all(k == 1 for k in spec.kernel_size) and all(p == (0, 0) for p in request.padding)
+    if (
+        request.mode == "zeros"
+        and pointwise
+        and spec.output_shape == tuple(n // s for n, s in zip(request.input_shape, spec.stride, strict=True))
+        and all(n % s == 0 for n, s in zip(request.input_shape, spec.stride, strict=True))
+    ):
+        return _solve(dataclasses.replace(request, mode="wrap"), want_bracket=want_bracket)  # the same layer
     support = live_request(request)  # taps, inputs and outputs that only meet padding: dropped, sizes only
     if support.empty:
         zero = np.zeros(request.spec.in_channels * math.prod(request.input_shape))
@@ -114,9 +123,11 @@ def _solve(request: NormRequest, *, want_bracket: bool) -> tuple[NormRequest, So
     solution = solve_padded(support.request.at_unit_scale())
     if support.request is not request:
         assert solution.vector is not None
-        what = f"kernel {'x'.join(map(str, support.request.spec.kernel_size))} of the taps that meet the input"
+        method = solution.method
+        if support.request.spec.kernel_size != request.spec.kernel_size:
+            method += f"; on the {'x'.join(map(str, support.request.spec.kernel_size))} taps that meet the input"
         solution = dataclasses.replace(
-            solution, vector=support.embed(solution.vector, request), operator=None, method=f"{solution.method}; {what}"
+            solution, vector=support.embed(solution.vector, request), operator=None, method=method
         )
     return request.at_unit_scale(), solution
 
@@ -232,7 +243,8 @@ def operator_norm_bounds(
     Arguments as :func:`operator_norm`. ``lower`` is the norm of the operator applied to an
     actual unit vector (the top singular vector found); ``upper`` is guaranteed: the exact norm
     (circular), or for a padded layer the exact norm of the circular layer on the enlarged grid
-    that contains it (or Proposition 11 if smaller). Both are widened by a floating-point
+    that contains it, or ``value (1 + delta)`` certified by a verified banded Cholesky factorisation
+    of ``u^2 I - A^H A`` where that is affordable (see docs/operator_norm.md). Both are widened by a floating-point
     rounding allowance of ``32 (taps + in + out) eps``.
 
     ``refine=False`` (padded layers) skips the iterative solver: the bracket is then the enlarged

@@ -257,6 +257,22 @@ def _circular_maximum(plan: FrequencyPlan, flat: np.ndarray, workers: int) -> Ci
     return CircularMaximum(best, np.asarray(best_freq, dtype=np.int64), evaluated, total)
 
 
+def _top_right_vectors(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(v, sigma)``: each matrix's top right singular vector ``(G, cols)`` and value ``(G,)``, from the
+    eigendecomposition of the smaller Gram matrix (a start vector: its accuracy is what the products
+    check)."""
+    rows, cols = matrices.shape[1:]
+    if rows < cols:
+        values, vectors = np.linalg.eigh(matrices @ np.conj(np.swapaxes(matrices, 1, 2)))
+        v = np.conj(np.swapaxes(matrices, 1, 2)) @ vectors[..., -1:]  # M^H u, then normalised
+        v = v[..., 0]
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-300)
+    else:
+        values, vectors = np.linalg.eigh(np.conj(np.swapaxes(matrices, 1, 2)) @ matrices)
+        v = vectors[..., -1]
+    return v, np.sqrt(np.maximum(values[:, -1], 0.0))
+
+
 def top_singular_vector(plan: FrequencyPlan, flat: np.ndarray, frequency: np.ndarray) -> np.ndarray:
     """A unit right singular vector of the layer for its largest singular value at ``frequency``.
 
@@ -266,9 +282,10 @@ def top_singular_vector(plan: FrequencyPlan, flat: np.ndarray, frequency: np.nda
     """
     spec = plan.spec
     matrices = plan.transfer_numpy(flat, frequency[None, :])  # (G, a, S*b0)
-    _, s, vh = np.linalg.svd(matrices)
-    group = int(np.argmax(s[:, 0]))
-    coeff = vh[group, 0].conj().reshape(plan.aliases, spec.in_channels // spec.groups)  # (j, i)
+    with single_threaded_blas():
+        right = _top_right_vectors(matrices)  # (G, S*b0), and the top value per group
+    group = int(np.argmax(right[1]))
+    coeff = right[0][group].reshape(plan.aliases, spec.in_channels // spec.groups)  # (j, i)
     n = np.asarray(spec.input_shape)
     grid = np.asarray(plan.grid)
     aliases = plan.alias_shifts()

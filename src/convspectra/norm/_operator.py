@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ __all__ = ["ConvOperator", "good_fft_size", "operator_product_bytes"]
 
 #: The boundary handlings :meth:`ConvOperator.create` accepts.
 MODES = ("zeros", "circular", "wrap")
+#: Bytes of stacked input slices a product holds at once (taps are taken in runs of this size).
+CHUNK_BYTES = 32 * 2**20
 
 
 def good_fft_size(n: int) -> int:
@@ -135,6 +138,8 @@ class ConvOperator:
     padding: tuple[tuple[int, int], ...]
     extended: tuple[int, ...]
     live: tuple[int, ...]
+    taps: np.ndarray = dataclasses.field(repr=False, compare=False)
+    taps_adjoint: np.ndarray = dataclasses.field(repr=False, compare=False)
 
     @classmethod
     def create(
@@ -201,7 +206,11 @@ class ConvOperator:
             ]
         else:
             live = list(range(len(taps)))
-        return cls(array, groups, s, dl, n, m, mode, pads, extended, tuple(live))
+        out_c, per_group = array.shape[:2]
+        grouped = array.reshape(groups, out_c // groups, per_group, -1)[..., live]  # (G, a, T, b0) below
+        forward = np.ascontiguousarray(grouped.transpose(0, 1, 3, 2)).reshape(groups, out_c // groups, -1)
+        adjoint = np.ascontiguousarray(np.conj(np.swapaxes(forward, 1, 2)))
+        return cls(array, groups, s, dl, n, m, mode, pads, extended, tuple(live), forward, adjoint)
 
     @property
     def in_channels(self) -> int:
@@ -262,18 +271,12 @@ class ConvOperator:
             out.append((index, (slice(None), *window)))
         return out
 
-    def _taps(self, adjoint: bool) -> np.ndarray:
-        """``(taps, groups, rows, cols)``: each tap's channel matrix per group (conjugate transposed: adjoint)."""
-        out_c, per_group = self.weight.shape[:2]
-        w = self.weight.reshape(self.groups, out_c // self.groups, per_group, -1).transpose(3, 0, 1, 2)
-        return np.conj(np.swapaxes(w, 2, 3)) if adjoint else w
-
-    @staticmethod
-    def _apply(matrices: np.ndarray, block: np.ndarray) -> np.ndarray:
-        """``(G, r, c) @ (G, c, P)`` (a broadcast product where c is 1: depthwise layers)."""
-        if matrices.shape[2] == 1:
-            return matrices * block
-        return matrices @ block
+    def _chunks(self, item: int) -> list[list[tuple[int, tuple[slice, ...]]]]:
+        """The live taps' slices in runs whose stacked copies stay under :data:`CHUNK_BYTES`."""
+        slices = self._slices()
+        per_tap = max(1, item * self.in_channels * math.prod(self.output_shape))
+        size = max(1, CHUNK_BYTES // per_tap)
+        return [slices[i : i + size] for i in range(0, len(slices), size)]
 
     def matvec(self, x: np.ndarray) -> np.ndarray:
         """``A x`` for ``x`` of shape ``(in_channels, *input_shape)`` (or flat).
@@ -290,12 +293,16 @@ class ConvOperator:
         else:
             ext = np.asarray(x, dtype=dtype)[(slice(None), *np.ix_(*self._indices()))]
         points = math.prod(self.output_shape)
-        w = self._taps(adjoint=False)
-        g = self.groups
+        g, b0 = self.groups, self.in_channels // self.groups
         y = np.zeros((g, self.out_channels // g, points), dtype=dtype)
-        for index, window in self._slices():
-            block = ext[window].reshape(g, self.in_channels // g, points)
-            y += self._apply(w[index], block)
+        done = 0
+        for chunk in self._chunks(dtype.itemsize):  # im2col, a run of taps at a time: one product per run
+            stacked = np.empty((g, len(chunk), b0, points), dtype=dtype)
+            for j, (_, window) in enumerate(chunk):
+                stacked[:, j] = ext[window].reshape(g, b0, points)
+            w = self.taps[:, :, done * b0 : (done + len(chunk)) * b0]
+            y += _product(w, stacked.reshape(g, len(chunk) * b0, points))
+            done += len(chunk)
         return y.reshape(self.out_channels, *self.output_shape)
 
     def rmatvec(self, y: np.ndarray) -> np.ndarray:
@@ -306,12 +313,16 @@ class ConvOperator:
         """
         y = self._reshaped("y", y, (self.out_channels, *self.output_shape))
         dtype = np.result_type(y, self.weight)
-        g = self.groups
+        g, b0 = self.groups, self.in_channels // self.groups
         block = np.asarray(y, dtype=dtype).reshape(g, self.out_channels // g, -1)
-        wh = self._taps(adjoint=True)
         ext = np.zeros((self.in_channels, *self.extended), dtype=dtype)
-        for index, window in self._slices():
-            ext[window] += self._apply(wh[index], block).reshape(self.in_channels, *self.output_shape)
+        done = 0
+        for chunk in self._chunks(dtype.itemsize):
+            wh = self.taps_adjoint[:, done * b0 : (done + len(chunk)) * b0]
+            spread = _product(wh, block).reshape(g, len(chunk), b0, -1)
+            for j, (_, window) in enumerate(chunk):
+                ext[window] += spread[:, j].reshape(self.in_channels, *self.output_shape)
+            done += len(chunk)
         if self.mode == "zeros":
             x = np.zeros((self.in_channels, *self.input_shape), dtype=dtype)
             into, outof = self._overlap()
@@ -324,6 +335,15 @@ class ConvOperator:
             np.add.at(folded, (slice(None),) * (axis + 1) + (index,), ext)
             ext = folded
         return ext
+
+
+def _product(matrices: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """``(G, r, c) @ (G, c, P)``: one BLAS product when there is one group, a broadcast one for c = 1."""
+    if matrices.shape[0] == 1:
+        return (matrices[0] @ block[0])[None]
+    if matrices.shape[2] == 1:
+        return matrices * block
+    return matrices @ block
 
 
 def _meets(offset: int, stride: int, outputs: int, n: int) -> bool:

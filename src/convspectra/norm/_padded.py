@@ -8,7 +8,8 @@
   stride-1 wrap-around layer, some repeated; its norm times the square root of the most
   repetitions bounds the norm from above.
 
-Proposition 11's bound replaces either when smaller. The start vector's Rayleigh quotient,
+(Proposition 11's bound is not used: ``channel_l1_bound`` was measured below the true norm of a
+zero-padded 1-D layer, so it cannot certify here.) The start vector's Rayleigh quotient,
 computed through the padded layer tap by tap (:class:`~convspectra.norm.ConvOperator`), is a
 certified lower bound; when it already meets the upper bound to ``rtol`` (large maps, where the
 two layers differ by little), that is the answer. Otherwise restarted Lanczos on :math:`A^H A`
@@ -35,7 +36,6 @@ import numpy as np
 
 from .._rescale import scale_up
 from .._threads import limit_threads
-from ..bounds import channel_l1_bound
 from ._budget import lanczos_basis, padded_bytes, wrap_spec
 from ._cholesky import affordable, certify_upper, cheaper_plan
 from ._circular import circular_maximum, circular_plan, larger_part, top_singular_vector
@@ -76,11 +76,6 @@ def _certificate(request: NormRequest, weight: np.ndarray) -> tuple[float, str, 
         )
         upper, where = found.value * math.sqrt(repeats), "stride-1 circular norm x sqrt(row repetitions)"
         start = top_singular_vector(plan, flat, found.frequency)
-    prop11 = float(channel_l1_bound(weight, layout="OIHW", groups=spec.groups))  # bounds every circular layer
-    if request.mode != "zeros":  # ... and so the stride-1 one, whose rows are repeated
-        prop11 *= math.sqrt(repeats)
-    if prop11 < upper:
-        upper, where = prop11, "Proposition 11"
     return upper, where, start
 
 
@@ -143,7 +138,7 @@ def solve_padded(request: NormRequest) -> Solution:
         lower = float(scale_up(lower_scaled, e))
         method = f"bracket only (not refined): the circular top vector's Rayleigh quotient and the {where}"
         return Solution(lower, lower, float(scale_up(upper_scaled, e)), False, method, vector=start, operator=op)
-    if upper - quotient <= request.rtol * upper:  # the cheapest certificate: the bracket has closed already
+    if 0 <= upper - quotient <= request.rtol * upper:  # the cheapest certificate: the bracket has closed already
         value, vector, converged, residual, timed_out = quotient, start, True, 0.0, False
         how = "the circular top vector's Rayleigh quotient (no iteration needed)"
     else:
