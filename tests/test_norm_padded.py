@@ -233,3 +233,58 @@ def test_circular_padding_mode_upper_end_holds_without_the_value():
     cheap = cs.operator_norm_bounds(module, 6, padding="module", refine=False)
     assert cheap.upper >= sigma * (1 - 1e-12), (cheap, sigma)
     assert float(cs.operator_norm(weight.numpy(), 6, padding=2)) < sigma  # zero padding: a different layer
+
+
+# --- grouped layers: branch and bound over the groups (block diagonal) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "n", "geometry"),
+    [
+        ((24, 1, 3, 3), (24, 24), {"groups": 24, "padding": 1}),  # depthwise
+        ((16, 1, 7, 7), (20, 20), {"groups": 16, "padding": 3}),  # ConvNeXt-like depthwise 7x7
+        ((8, 2, 3, 3), (20, 20), {"groups": 4, "padding": 1, "stride": 2}),  # ResNeXt-like, strided
+        ((6, 3, 3, 3), (17, 17), {"groups": 3, "padding": 2, "dilation": 2}),
+    ],
+)
+def test_grouped_layers_against_pytorchs_operator(rng, shape, n, geometry):
+    weight = rng.standard_normal(shape)
+    reference = torch_norm(weight, n, **geometry)
+    bounds = cs.operator_norm_bounds(weight, n, **geometry)
+    check_bracket(bounds, reference)
+    assert bounds.method.startswith("groups: ") and bounds.relative_gap <= 1e-4, bounds
+    assert abs(cs.operator_norm(weight, n, **geometry) - reference) <= VALUE_RTOL * reference
+    bracket = cs.operator_norm_bounds(weight, n, refine=False, **geometry)
+    assert bracket.lower <= reference * (1 + 1e-9) and reference <= bracket.upper * (1 + 1e-9), bracket
+    assert not bracket.converged
+
+
+def test_grouped_layer_with_one_dominant_group_refines_only_that_group(rng):
+    weight = rng.standard_normal((8, 1, 3, 3))
+    weight[5] *= 10.0  # group 5 dominates: every other bracket lies below its value
+    bounds = cs.operator_norm_bounds(weight, (32, 32), groups=8, padding=1)
+    assert bounds.method.startswith("groups: 1 of 8 refined"), bounds.method
+    single = cs.operator_norm_bounds(weight[5:6], (32, 32), padding=1)
+    assert abs(bounds.value - single.value) <= 1e-12 * single.value
+
+
+def test_grouped_gradient_is_the_dominant_groups(rng):
+    weight = torch.from_numpy(rng.standard_normal((4, 1, 3, 3)))
+    weight[2] *= 5.0
+    weight.requires_grad_(True)
+    cs.operator_norm(weight, (24, 24), groups=4, padding=1).backward()
+    assert torch.count_nonzero(weight.grad[[0, 1, 3]]) == 0 and torch.count_nonzero(weight.grad[2]) > 0
+    step = 1e-6 * torch.randn_like(weight)
+    with torch.no_grad():
+        moved = cs.operator_norm(weight + step, (24, 24), groups=4, padding=1)
+        here = cs.operator_norm(weight, (24, 24), groups=4, padding=1)
+    assert abs(float(moved - here) - float((weight.grad * step).sum())) <= 1e-3 * float(step.norm())
+
+
+def test_grouped_time_limit_keeps_a_valid_bracket(rng):
+    weight = rng.standard_normal((6, 1, 3, 3))
+    reference = torch_norm(weight, (30, 30), groups=6, padding=1)
+    with pytest.warns(cs.ConvergenceWarning):
+        bounds = cs.operator_norm_bounds(weight, (30, 30), groups=6, padding=1, rtol=1e-14, time_limit=1e-9)
+    assert not bounds.converged
+    assert bounds.lower <= reference * (1 + 1e-9) and reference <= bounds.upper * (1 + 1e-9), bounds

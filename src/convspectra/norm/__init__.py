@@ -53,12 +53,16 @@ from .._backend import is_tensor, loaded_torch
 from ..errors import ConvergenceWarning
 from ._budget import check_request
 from ._gradient import torch_value
+from ._groups import solve_grouped
 from ._operator import ConvOperator
 from ._padded import solve_padded
 from ._request import NormRequest, resolve_request
 from ._solution import Solution
 from ._support import live_request
 from ._wraparound import solve_wraparound
+
+#: Grouped padded layers on maps of at least this many positions are solved group by group.
+GROUPED_MIN_POSITIONS = 256
 
 __all__ = ["ConvOperator", "NormBounds", "operator_norm", "operator_norm_bounds"]
 
@@ -119,8 +123,12 @@ def _solve(request: NormRequest, *, want_bracket: bool) -> tuple[NormRequest, So
     if support.empty:
         zero = np.zeros(request.spec.in_channels * math.prod(request.input_shape))
         return request, Solution(0.0, 0.0, 0.0, True, "zero: every tap reads only padding", vector=zero)
-    check_request(support.request, want_bracket=want_bracket)
-    solution = solve_padded(support.request.at_unit_scale())
+    live = support.request
+    if live.spec.groups > 1 and math.prod(live.input_shape) >= GROUPED_MIN_POSITIONS:
+        solution = solve_grouped(live, want_bracket=want_bracket)  # block diagonal: branch and bound over groups
+    else:
+        check_request(live, want_bracket=want_bracket)
+        solution = solve_padded(live.at_unit_scale(), want_bracket=want_bracket)
     if support.request is not request:
         assert solution.vector is not None
         method = solution.method

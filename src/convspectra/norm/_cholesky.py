@@ -51,6 +51,11 @@ __all__ = ["BandPlan", "band_plan", "certify_upper"]
 _EPS = float(np.finfo(np.float64).eps) / 2  # the unit roundoff
 #: Above this many flops (``N b^2``) the factorisation is not attempted (a few seconds on one core).
 MAX_FLOPS = 4e10
+#: Nor above this many unknowns: LAPACK's banded Cholesky runs far below its flop rate on long,
+#: narrow bands (401408 unknowns of bandwidth 226, a 32-channel depthwise layer at 112x112: 64 s
+#: for 2e10 flops on one core), while large maps need no certificate (the enlarged-grid bound
+#: closes as 1/n^2).
+MAX_UNKNOWNS = 65536
 #: Without SciPy, dense Cholesky (``N^3 / 3`` flops, ``N^2`` entries) up to this many unknowns.
 DENSE_MAX = 3000
 
@@ -198,7 +203,9 @@ def _factorises(ab: np.ndarray) -> bool:
 
 
 def affordable(request: NormRequest, plan: BandPlan, budget: int) -> bool:
-    """Whether the factorisation of ``plan`` fits ``budget`` bytes and :data:`MAX_FLOPS`."""
+    """Whether the factorisation of ``plan`` fits ``budget`` bytes, :data:`MAX_FLOPS` and :data:`MAX_UNKNOWNS`."""
+    if plan.size > MAX_UNKNOWNS:
+        return False
     item = 16 if request.is_complex else 8
     try:
         import scipy.linalg  # noqa: F401
