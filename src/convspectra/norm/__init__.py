@@ -34,8 +34,8 @@ Example:
     >>> round(float(cs.operator_norm(kernel, (16, 16), padding=1)), 6)   # zero padding 1
     8.796837
     >>> bounds = cs.operator_norm_bounds(kernel, (16, 16), padding=1)
-    >>> round(bounds.lower, 6), round(bounds.upper, 6)
-    (8.796837, 9.0)
+    >>> round(bounds.lower, 6), round(bounds.upper, 6)              # 9.0 is the wrap-around bound
+    (8.796837, 8.797013)
 """
 
 from __future__ import annotations

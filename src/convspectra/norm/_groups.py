@@ -57,17 +57,23 @@ def _embed(request: NormRequest, group: int, vector: np.ndarray) -> np.ndarray:
 def solve_grouped(request: NormRequest, *, want_bracket: bool) -> Solution:
     """The norm of the grouped padded layer of ``request`` (``mode`` ``"zeros"`` or ``"circular"``).
 
-    Every group's request is checked against the budget before it is solved. ``time_limit``
+    The budget is checked once, on the first group's request, before anything is solved (every
+    group has the same sizes, and the groups are solved one after another). ``time_limit``
     covers the whole layer: groups left unrefined when it runs out keep their brackets (the
     result is then not converged, and ``warning`` says so).
     """
     spec = request.spec
     deadline = None if request.time_limit is None else time.monotonic() + request.time_limit
+    check_request(group_request(request, 0), want_bracket=want_bracket)  # every group has the same sizes
     subs = [group_request(request, g) for g in range(spec.groups)]
-    brackets = []
+    brackets: list[Solution] = []
+    top = -1.0
     for sub in subs:
-        check_request(sub, want_bracket=True)
-        brackets.append(solve_padded(dataclasses.replace(sub, refine=False).at_unit_scale(), want_bracket=False))
+        found = solve_padded(dataclasses.replace(sub, refine=False).at_unit_scale(), want_bracket=False)
+        if found.lower <= top:
+            found = dataclasses.replace(found, vector=None, operator=None)  # only the best starts are kept
+        top = max(top, found.lower)
+        brackets.append(found)
     uppers = np.array([b.upper for b in brackets])
     best_group = int(np.argmax([b.lower for b in brackets]))
     best = brackets[best_group]
@@ -87,7 +93,6 @@ def solve_grouped(request: NormRequest, *, want_bracket: bool) -> Solution:
             converged, warning = False, f"operator_norm: time_limit={request.time_limit:g} s reached over the groups"
             break
         sub = dataclasses.replace(subs[int(g)], time_limit=remaining)
-        check_request(sub, want_bracket=want_bracket)
         solution = solve_padded(sub.at_unit_scale(), want_bracket=want_bracket)
         refined += 1
         final_upper[g] = solution.upper

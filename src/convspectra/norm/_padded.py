@@ -23,8 +23,8 @@ Example:
     >>> from convspectra.norm._padded import solve_padded
     >>> from convspectra.norm._request import resolve_request
     >>> solution = solve_padded(resolve_request(np.ones((1, 1, 3, 3)), (16, 16), padding=1))
-    >>> round(solution.value, 6), solution.upper > 9.0, solution.converged
-    (8.796837, True, True)
+    >>> round(solution.value, 6), round(solution.upper, 6), solution.converged   # upper: verified Cholesky
+    (8.796837, 8.797013, True)
 """
 
 from __future__ import annotations

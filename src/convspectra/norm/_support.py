@@ -58,15 +58,22 @@ class Support:
 
 
 def _axis(n: int, m: int, k: int, s: int, d: int, pl: int) -> tuple[int, int, int, int, int, int] | None:
-    """``(t0, t1, u0, u1, q0, q1)``: the live taps, outputs and inputs on one axis (inclusive), or None."""
-    t = np.arange(k)[:, None]
-    u = np.arange(m)[None, :]
-    q = s * u + d * t - pl
-    reads = (q >= 0) & (q < n)
-    if not reads.any():
+    """``(t0, t1, u0, u1, q0, q1)``: the live taps, outputs and inputs on one axis (inclusive), or None.
+
+    Integer arithmetic in O(k): tap ``t`` of output ``u`` reads input ``q = s u + d t - pl``, inside
+    the input for ``u`` in ``[ceil((pl - d t) / s), floor((n - 1 + pl - d t) / s)]`` (and ``0 <= u < m``).
+    """
+    live = []
+    for t in range(k):
+        lo = max(0, -((d * t - pl) // s))  # ceil((pl - d t) / s)
+        hi = min(m - 1, (n - 1 + pl - d * t) // s)
+        if lo <= hi:
+            live.append((t, lo, hi))
+    if not live:
         return None
-    taps, outs = np.nonzero(reads)
-    return int(taps.min()), int(taps.max()), int(outs.min()), int(outs.max()), int(q[reads].min()), int(q[reads].max())
+    q0 = min(s * lo + d * t - pl for t, lo, _ in live)
+    q1 = max(s * hi + d * t - pl for t, _, hi in live)
+    return live[0][0], live[-1][0], min(lo for _, lo, _ in live), max(hi for _, _, hi in live), q0, q1
 
 
 def live_request(request: NormRequest) -> Support:
