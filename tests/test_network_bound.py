@@ -367,3 +367,29 @@ def test_bound_is_above_every_observed_ratio_on_random_models(seed):
         (-ratio.sum()).backward()
         optimiser.step()
     assert 0 < best <= bound
+
+
+def stochastic_depth(x: torch.Tensor, p: float, mode: str, training: bool) -> torch.Tensor:
+    """torchvision.ops.stochastic_depth's signature: identity unless training (a leaf of torch.fx)."""
+    return x if not training or p == 0 else x * (torch.rand(x.shape[0], 1, 1, 1) > p) / (1 - p)
+
+
+torch.fx.wrap("stochastic_depth")
+
+
+def test_stochastic_depth_of_a_model_built_in_training_mode_is_the_identity():
+    class Block(nn.Module):  # torchvision's StochasticDepth passes self.training, baked in when traced
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1, padding_mode="circular")
+
+        def forward(self, x):
+            return x + stochastic_depth(self.conv(x), 0.2, "row", self.training)
+
+    model = Block()
+    assert model.training  # as torchvision builds its models
+    report = spectral_report(model, (2, 6, 6))
+    assert model.training  # left as it was
+    rule = next(r for r in report.network_bound.rules if "stochastic" in r.node)
+    assert rule.factor == 1.0 and "identity" in rule.rule
+    assert report.network_bound.value == pytest.approx(1 + report.layers[0].sigma_max, rel=1e-12)

@@ -288,3 +288,11 @@ def test_grouped_time_limit_keeps_a_valid_bracket(rng):
         bounds = cs.operator_norm_bounds(weight, (30, 30), groups=6, padding=1, rtol=1e-14, time_limit=1e-9)
     assert not bounds.converged
     assert bounds.lower <= reference * (1 + 1e-9) and reference <= bounds.upper * (1 + 1e-9), bounds
+
+
+def test_a_resnext_layer_on_a_small_map_is_not_stuck_in_the_circular_maximums_group():
+    # One Lanczos over the whole block-diagonal layer, started in the group of the circular maximum,
+    # converged to that group's top value: 2.8928, 1.3% below the norm (the grouped solve: 2.9302).
+    weight = np.random.default_rng(0).standard_normal((1024, 32, 3, 3)) * np.sqrt(2 / 288)
+    reference = torch_norm(weight, (7, 7), groups=32, padding=1)
+    check_bracket(cs.operator_norm_bounds(weight, (7, 7), groups=32, padding=1), reference)

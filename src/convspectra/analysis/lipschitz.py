@@ -199,7 +199,8 @@ def network_bound(model: nn.Module, example: torch.Tensor, layers: Sequence[Any]
         from torch import fx
         from torch.fx.passes.shape_prop import ShapeProp
 
-        graph = fx.symbolic_trace(model)
+        with eval_mode(model):  # traced as the report ran it: `self.training` is baked into the graph
+            graph = fx.symbolic_trace(model)
         with eval_mode(graph), torch.no_grad():
             ShapeProp(graph).propagate(example)
     except Exception as err:  # fx raises many types for untraceable code

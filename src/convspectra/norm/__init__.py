@@ -61,9 +61,6 @@ from ._solution import Solution
 from ._support import live_request
 from ._wraparound import solve_wraparound
 
-#: Grouped padded layers on maps of at least this many positions are solved group by group.
-GROUPED_MIN_POSITIONS = 256
-
 __all__ = ["ConvOperator", "NormBounds", "operator_norm", "operator_norm_bounds"]
 
 
@@ -124,7 +121,7 @@ def _solve(request: NormRequest, *, want_bracket: bool) -> tuple[NormRequest, So
         zero = np.zeros(request.spec.in_channels * math.prod(request.input_shape))
         return request, Solution(0.0, 0.0, 0.0, True, "zero: every tap reads only padding", vector=zero)
     live = support.request
-    if live.spec.groups > 1 and math.prod(live.input_shape) >= GROUPED_MIN_POSITIONS:
+    if live.spec.groups > 1:
         solution = solve_grouped(live, want_bracket=want_bracket)  # block diagonal: branch and bound over groups
     else:
         check_request(live, want_bracket=want_bracket)

@@ -51,11 +51,11 @@ __all__ = ["BandPlan", "band_plan", "certify_upper"]
 _EPS = float(np.finfo(np.float64).eps) / 2  # the unit roundoff
 #: Above this many flops (``N b^2``) the factorisation is not attempted (a few seconds on one core).
 MAX_FLOPS = 4e10
-#: Nor above this many unknowns: LAPACK's banded Cholesky runs far below its flop rate on long,
-#: narrow bands (401408 unknowns of bandwidth 226, a 32-channel depthwise layer at 112x112: 64 s
-#: for 2e10 flops on one core), while large maps need no certificate (the enlarged-grid bound
-#: closes as 1/n^2).
-MAX_UNKNOWNS = 65536
+#: Nor above this many band entries ``N (b + 1)`` (256 MiB of float64): LAPACK's banded Cholesky runs
+#: far below its flop rate on long bands (401408 unknowns of bandwidth 226, a 32-channel depthwise
+#: layer at 112x112: 64 s for 2e10 flops on one core), while large maps need no certificate (the
+#: enlarged-grid bound closes as 1/n^2).
+MAX_BAND_ENTRIES = 2**25
 #: Without SciPy, dense Cholesky (``N^3 / 3`` flops, ``N^2`` entries) up to this many unknowns.
 DENSE_MAX = 3000
 
@@ -203,8 +203,8 @@ def _factorises(ab: np.ndarray) -> bool:
 
 
 def affordable(request: NormRequest, plan: BandPlan, budget: int) -> bool:
-    """Whether the factorisation of ``plan`` fits ``budget`` bytes, :data:`MAX_FLOPS` and :data:`MAX_UNKNOWNS`."""
-    if plan.size > MAX_UNKNOWNS:
+    """Whether the factorisation of ``plan`` fits ``budget`` bytes, :data:`MAX_FLOPS` and :data:`MAX_BAND_ENTRIES`."""
+    if plan.size * (plan.bandwidth + 1) > MAX_BAND_ENTRIES:
         return False
     item = 16 if request.is_complex else 8
     try:
