@@ -161,6 +161,26 @@ def _check_norm_options(padding: str, layer_timeout: Any, refine: Any) -> tuple[
     return layer_timeout, refine
 
 
+def _checked_options(
+    padding: Any,
+    fold_bn: Any,
+    full_spectrum: Any,
+    relative_threshold: Any,
+    layer_timeout: Any,
+    refine: Any,
+    max_memory: Any,
+) -> tuple[bool, bool, float, float | None, bool, int | None]:
+    """The report's options checked before any work (the first bad one named), normalised."""
+    choice("padding", padding, PADDINGS)
+    fold_bn = flag("fold_bn", fold_bn)
+    full_spectrum = flag("full_spectrum", full_spectrum)
+    threshold = real("relative_threshold", relative_threshold, minimum=0.0, maximum=1.0, open_above=True)
+    layer_timeout, refine = _check_norm_options(padding, layer_timeout, refine)
+    if max_memory is not None:
+        max_memory = resolve_budget(max_memory)
+    return fold_bn, full_spectrum, threshold, layer_timeout, refine, max_memory
+
+
 def spectral_report(
     model: nn.Module,
     example_input: torch.Tensor | Sequence[int],
@@ -227,13 +247,9 @@ def spectral_report(
         >>> layer.sigma_max, layer.num_singular_values, layer.effective_rank
         (12.727922061357855, 64, 64)
     """
-    choice("padding", padding, PADDINGS)
-    fold_bn = flag("fold_bn", fold_bn)
-    full_spectrum = flag("full_spectrum", full_spectrum)
-    threshold = real("relative_threshold", relative_threshold, minimum=0.0, maximum=1.0, open_above=True)
-    layer_timeout, refine = _check_norm_options(padding, layer_timeout, refine)
-    if max_memory is not None:
-        max_memory = resolve_budget(max_memory)  # checked before any work
+    fold_bn, full_spectrum, threshold, layer_timeout, refine, max_memory = _checked_options(
+        padding, fold_bn, full_spectrum, relative_threshold, layer_timeout, refine, max_memory
+    )
     if not isinstance(model, nn.Module):
         raise ParameterTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
 
@@ -301,13 +317,9 @@ def layers_report(
         >>> report.layers[0].sigma_max_model_status, report.layers[0].sigma_max_model
         ('bracket (requested)', None)
     """
-    choice("padding", padding, PADDINGS)
-    fold_bn = flag("fold_bn", fold_bn)
-    full_spectrum = flag("full_spectrum", full_spectrum)
-    threshold = real("relative_threshold", relative_threshold, minimum=0.0, maximum=1.0, open_above=True)
-    layer_timeout, refine = _check_norm_options(padding, layer_timeout, refine)
-    if max_memory is not None:
-        max_memory = resolve_budget(max_memory)  # checked before any work
+    fold_bn, full_spectrum, threshold, layer_timeout, refine, max_memory = _checked_options(
+        padding, fold_bn, full_spectrum, relative_threshold, layer_timeout, refine, max_memory
+    )
     from .. import __version__
 
     start = time.perf_counter()

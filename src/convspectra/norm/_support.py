@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..spec import ConvSpec
 from ._request import NormRequest
 
 __all__ = ["Support", "live_request"]
@@ -117,18 +116,7 @@ def live_request(request: NormRequest) -> Support:
     if unchanged:
         return Support(request, whole)
     weight = request.weight[(slice(None), slice(None), *kernel)]
-    new_spec = ConvSpec(
-        ndim=spec.ndim,
-        out_channels=spec.out_channels,
-        in_channels=spec.in_channels,
-        groups=spec.groups,
-        kernel_size=tuple(taps),
-        stride=spec.stride,
-        dilation=spec.dilation,
-        input_shape=tuple(n_new),
-        output_shape=tuple(m_new),
-        transposed=spec.transposed,
-    )
+    new_spec = dataclasses.replace(spec, kernel_size=tuple(taps), input_shape=tuple(n_new), output_shape=tuple(m_new))
     restricted = dataclasses.replace(
         request, spec=new_spec, weight=weight, input_shape=tuple(n_new), padding=tuple(pads)
     )
