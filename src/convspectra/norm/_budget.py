@@ -57,7 +57,7 @@ CENTRE_CHUNK_BYTES = 16 * 2**20
 #: The fewest Lanczos vectors the padded solver keeps.
 LANCZOS_MIN_BASIS = 10
 #: The most bytes of Lanczos vectors the padded solver keeps (and at most a quarter of the budget).
-LANCZOS_MAX_BYTES = 256 * 2**20
+LANCZOS_MAX_BYTES = 512 * 2**20
 #: Bytes of transfer matrices per chunk (as :mod:`convspectra.norm._sigma` cuts them).
 _CHUNK_BYTES = 8 * 2**20
 
