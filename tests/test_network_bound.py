@@ -228,6 +228,22 @@ def test_batchnorm_is_folded_for_the_bound_even_when_the_report_does_not_fold():
         assert plain.network_bound.value < unfolded * plain.layers[1].norm(padding)
 
 
+def test_batchnorm_with_one_scale_for_every_channel_is_not_folded():
+    # ||diag(s) A|| = max|s| ||A|| when |s_c| is the same for every channel (signs alike): nothing to fold
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([2.0, -2.0, 2.0, -2.0]))
+        model[1].running_var.fill_(3.0)
+    scale = 2.0 / math.sqrt(3.0 + model[1].eps)
+    for padding in ("circular", "model"):
+        report = spectral_report(model, (3, 6, 6), padding=padding)
+        rule = report.network_bound.rules[2]
+        assert rule.rule.endswith("the same for every channel") and rule.factor == pytest.approx(scale, rel=1e-7)
+        folded = spectral_report(model, (3, 6, 6), padding=padding, fold_bn=True)
+        assert report.network_bound.value == pytest.approx(folded.network_bound.value, rel=1e-6)
+
+
 def test_linear_residual_block_gets_its_exact_norm():
     torch.manual_seed(3)
 

@@ -114,7 +114,10 @@ class _Walk(GraphRules):
             raise NoConstant(f"BatchNorm {name} normalises with batch statistics")
         if name in self.folded_bns:
             return 1.0, f"folded into {self.folded_bns[name]} by the report"
-        scale = float(batchnorm_scale(module)[0].abs().max())
+        scales = batchnorm_scale(module)[0].detach().double().abs()
+        scale = float(scales.max())
+        if float(scales.min()) >= scale * (1 - 1e-6):  # one scale for every channel: folding cannot lower it
+            return scale, "BatchNorm (eval): max |gamma| / sqrt(var + eps), the same for every channel"
         source = node.args[0] if node.args else None
         conv = str(source.target) if getattr(source, "op", None) == "call_module" else None
         if conv in self.norms and len(self.sizes[conv]) == 1 and self.norms[conv] > 0:
@@ -123,7 +126,7 @@ class _Walk(GraphRules):
                 folded = _folded_norm(self.graph.get_submodule(conv), module, size, self.padding)
             except Exception:  # a layer the solver refuses: keep the unfolded rule
                 folded = None
-            if folded is not None and folded <= scale * self.norms[conv] * (1 + 1e-9):
+            if folded is not None and folded < scale * self.norms[conv]:  # else the scale rule is as good
                 factor = min(folded / self.norms[conv], scale)
                 return factor, f"folded with {conv} for the bound: ||{name} o {conv}|| = {folded:.6g}"
         return scale, "BatchNorm (eval): max |gamma| / sqrt(var + eps)"

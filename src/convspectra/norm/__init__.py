@@ -97,6 +97,18 @@ class NormBounds:
         return self.gap / self.upper if self.upper > 0 else 0.0
 
 
+def _pointwise(request: NormRequest) -> bool:
+    """A zero-padded layer with one tap, no padding and every output read: the same as its wrap-around layer."""
+    spec = request.spec
+    return (
+        request.mode == "zeros"
+        and all(k == 1 for k in spec.kernel_size)
+        and all(p == (0, 0) for p in request.padding)
+        and spec.output_shape == tuple(n // s for n, s in zip(request.input_shape, spec.stride, strict=True))
+        and all(n % s == 0 for n, s in zip(request.input_shape, spec.stride, strict=True))
+    )
+
+
 def _solve(request: NormRequest, *, want_bracket: bool) -> tuple[NormRequest, Solution]:
     """The solver for the request's boundary: exact for wrap-around layers, iterative for padded ones.
 
@@ -107,21 +119,17 @@ def _solve(request: NormRequest, *, want_bracket: bool) -> tuple[NormRequest, So
         check_request(request, want_bracket=want_bracket)
         request = request.at_unit_scale()
         return request, solve_wraparound(request, want_bracket=want_bracket)
-    spec = request.spec
-    pointwise = all(k == 1 for k in spec.kernel_size) and all(p == (0, 0) for p in request.padding)
-    if (
-        request.mode == "zeros"
-        and pointwise
-        and spec.output_shape == tuple(n // s for n, s in zip(request.input_shape, spec.stride, strict=True))
-        and all(n % s == 0 for n, s in zip(request.input_shape, spec.stride, strict=True))
-    ):
+    if _pointwise(request):
         return _solve(dataclasses.replace(request, mode="wrap"), want_bracket=want_bracket)  # the same layer
     support = live_request(request)  # taps, inputs and outputs that only meet padding: dropped, sizes only
     if support.empty:
         zero = np.zeros(request.spec.in_channels * math.prod(request.input_shape))
         return request, Solution(0.0, 0.0, 0.0, True, "zero: every tap reads only padding", vector=zero)
     live = support.request
-    if live.spec.groups > 1:
+    if _pointwise(live):  # one tap left, no padding (ASPP on a small map): the wrap-around layer, exact
+        _, solution = _solve(dataclasses.replace(live, mode="wrap"), want_bracket=True)  # the vector for embed
+        solution = dataclasses.replace(solution, frequency=None, plan=None)
+    elif live.spec.groups > 1:
         solution = solve_grouped(live, want_bracket=want_bracket)  # block diagonal: branch and bound over groups
     else:
         check_request(live, want_bracket=want_bracket)

@@ -33,7 +33,8 @@ def solve_wraparound(request: NormRequest, *, want_bracket: bool) -> Solution:
     Args:
         request: the validated request.
         want_bracket: also push the top singular vector through the operator for the lower end
-            (otherwise the lower end is the exact value less the allowance).
+            (otherwise the lower end is the exact value less the allowance); the vector is then
+            the solution's ``vector``.
 
     Returns:
         The :class:`~convspectra.norm._solution.Solution` (always converged).
@@ -44,6 +45,7 @@ def solve_wraparound(request: NormRequest, *, want_bracket: bool) -> Solution:
     plan, flat = circular_plan(weight, spec.input_shape, stride=spec.stride, dilation=spec.dilation, groups=spec.groups)
     found = circular_maximum(plan, flat, request.workers)
     lower = found.value
+    x = None
     if want_bracket:
         vector = top_singular_vector(plan, flat, found.frequency)
         if not np.iscomplexobj(weight):
@@ -60,4 +62,5 @@ def solve_wraparound(request: NormRequest, *, want_bracket: bool) -> Solution:
         f"exact: branch and bound over {found.total} frequencies, {found.evaluated} evaluated",
         frequency=found.frequency,
         plan=plan,
+        vector=None if x is None else x.ravel(),
     )
