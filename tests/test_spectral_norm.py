@@ -353,8 +353,8 @@ def test_operator_norm_estimate_continues_across_calls_and_is_differentiable():
     first = float(operator_norm_estimate(conv, 8).detach())
     for _ in range(300):
         sigma = operator_norm_estimate(conv, 8)
-    assert first <= float(sigma) + 1e-12
-    assert abs(float(sigma) - exact) <= 1e-8 * exact
+    assert first <= float(sigma.detach()) + 1e-12
+    assert abs(float(sigma.detach()) - exact) <= 1e-8 * exact
     sigma.backward()
     assert conv.weight.grad is not None and float(conv.weight.grad.norm()) > 0
     assert not conv.state_dict().keys() - {"weight", "bias"}  # the state is not in the module's checkpoint
@@ -403,3 +403,51 @@ def test_converge_warns_when_the_budget_is_too_small():
     with pytest.warns(ConvergenceWarning, match="did not reach"):
         (result,) = converge_spectral_norm(conv, tol=1e-30, max_iter=3).values()
     assert not result.converged and result.iterations == 3
+
+
+# -- DistributedDataParallel: a real 2-process gloo run ----------------------------------------------
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(rank)  # different weights per rank: DDP broadcasts rank 0's at construction
+        model = nn.parallel.DistributedDataParallel(_discriminator(spectral_norm))  # vectors still empty (lazy)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        generator = torch.Generator().manual_seed(100 + rank)  # different data per rank
+        for step in range(4):
+            optimizer.zero_grad()
+            model(torch.randn(3, 3, 8, 8, generator=generator)).mean().backward()
+            optimizer.step()
+            if step == 1 and rank == 1:  # knock rank 1's vectors off: the next forward's broadcast restores them
+                with torch.no_grad():
+                    for _, _, parametrization in spectral_norms(model.module):
+                        parametrization._v.add_(1.0)
+        torch.save({k: v.clone() for k, v in model.module.state_dict().items()}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_keep_identical_vectors(tmp_path):
+    import socket
+
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available in this torch build")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    zero, one = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2))
+    vectors = [key for key in zero if key.endswith(("_u", "_v"))]
+    assert len(vectors) == 6 and zero["0.parametrizations.weight.0._v"].shape == (1, 3, 8, 8)
+    for key in zero:
+        assert torch.equal(zero[key], one[key]), key
