@@ -28,7 +28,7 @@ from convspectra.nn import (
     spectral_norm,
     spectral_norms,
 )
-from convspectra.nn._power import LayerOperator
+from convspectra.nn._power import LayerOperator, sigma
 from convspectra.nn.recording import eval_mode
 from convspectra.operator import dense_matrix
 
@@ -278,6 +278,32 @@ def test_the_gradient_flows_through_sigma_as_autograd_of_an_explicit_sigma():
     out = torch.nn.functional.conv2d(x, weight / sigma, conv.bias, stride=2, padding=1)
     (expected,) = torch.autograd.grad(out.square().sum(), weight)
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "size"), [*LAYERS, (nn.Linear, dict(in_features=5, out_features=3), ())], ids=[*IDS, "Linear"]
+)
+def test_the_gradient_of_sigma_is_autograd_through_the_modules_own_forward(cls, kwargs, size):
+    module = _layer(cls, {**kwargs, "bias": False})
+    op = LayerOperator.of(module, size)
+    u, v = torch.randn(op.output_shape, dtype=torch.float64), torch.randn(op.input_shape, dtype=torch.float64)
+    weight = module.weight.detach().clone().requires_grad_(True)
+    explicit = torch.sum(u * torch.func.functional_call(module, {"weight": weight}, (v,)))
+    (expected,) = torch.autograd.grad(explicit, weight)
+    ours = sigma(op, weight, u, v)
+    torch.testing.assert_close(ours.detach(), explicit.detach(), rtol=1e-12, atol=1e-12)
+    (gradient,) = torch.autograd.grad(ours, weight)
+    torch.testing.assert_close(gradient, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_in_training_mode_the_weight_is_divided_by_sigma_of_the_new_vectors():
+    torch.manual_seed(0)
+    conv = spectral_norm(nn.Conv2d(2, 3, 3, padding=1).double(), input_shape=6)
+    weight = conv.weight  # training mode: one step, then W / sigma
+    parametrization = conv.parametrizations.weight[0]
+    original = conv.parametrizations.weight.original
+    explicit = torch.sum(parametrization._u * torch.nn.functional.conv2d(parametrization._v, original, padding=1))
+    torch.testing.assert_close(weight, original / explicit, rtol=1e-12, atol=1e-14)
 
 
 def test_training_mode_updates_the_vectors_and_eval_does_not():

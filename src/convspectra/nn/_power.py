@@ -41,7 +41,7 @@ from .._backend import is_conv_module, is_transposed_module
 from .._checks import as_tuple, choice
 from ..errors import ParameterError, ParameterTypeError
 
-__all__ = ["LayerGeometry", "LayerOperator", "normalize_", "power_iteration"]
+__all__ = ["LayerGeometry", "LayerOperator", "normalize_", "power_iteration", "sigma"]
 
 PADDINGS = ("module", "circular")
 
@@ -230,14 +230,31 @@ class LayerOperator:
             z = z.new_zeros(shape).index_add(axis, index, z)
         return z
 
+    @property
+    def _direct(self) -> bool:
+        """Symmetric zero padding: PyTorch's conv pads (and conv_transpose crops) by itself, no copy."""
+        return not self.periodic and all(left == right >= 0 for left, right in self.pairs)
+
     def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         conv = (F.conv1d, F.conv2d, F.conv3d)[len(self.grid) - 1]
+        if self._direct:
+            return conv(x, weight, None, self.stride, [p for p, _ in self.pairs], self.dilation, self.groups)
         return conv(self._extend(x), weight, None, self.stride, 0, self.dilation, self.groups)
 
     def _conv_t(self, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[len(self.grid) - 1]
-        z = conv_t(y, weight, None, self.stride, 0, self.output_padding, self.groups, self.dilation)
-        return self._restrict(z)
+        padding = [p for p, _ in self.pairs] if self._direct else 0
+        z = conv_t(y, weight, None, self.stride, padding, self.output_padding, self.groups, self.dilation)
+        return z if self._direct else self._restrict(z)
+
+    def _weight_gradient(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The gradient of ``<y, F(W) x>`` with respect to W (a correlation of x and y; independent of W)."""
+        gradient = (torch.nn.grad.conv1d_weight, torch.nn.grad.conv2d_weight, torch.nn.grad.conv3d_weight)
+        function = gradient[len(self.grid) - 1]
+        if self._direct:
+            padding = [p for p, _ in self.pairs]
+            return function(x, weight.shape, y, self.stride, padding, self.dilation, self.groups)
+        return function(self._extend(x), weight.shape, y, self.stride, 0, self.dilation, self.groups)
 
     def apply(self, v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The layer applied to ``v`` (shape :attr:`input_shape`), bias left out."""
@@ -250,6 +267,12 @@ class LayerOperator:
         if self.kind == "linear":
             return u @ weight.conj()
         return self._conv(u, weight) if self.transposed else self._conv_t(u, weight)
+
+    def gradient(self, u: torch.Tensor, v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The gradient of ``<u, A(W) v>`` with respect to the weight W (``u``, ``v`` fixed)."""
+        if self.kind == "linear":
+            return u.reshape(-1, 1) * v.reshape(1, -1).conj()
+        return self._weight_gradient(u, v, weight) if self.transposed else self._weight_gradient(v, u, weight)
 
     @property
     def spatial_input(self) -> tuple[int, ...]:
@@ -284,3 +307,34 @@ def power_iteration(
             residual = torch.linalg.vector_norm(back - sigma * v) / sigma.clamp_min(eps)
             v.copy_(back / sigma.clamp_min(eps))
     return sigma, residual
+
+
+class _Sigma(torch.autograd.Function):
+    """``<u, A(W) v>`` given its value: the backward pass is one weight-gradient correlation of u and v."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, value: torch.Tensor, u: torch.Tensor, v: torch.Tensor, op: Any) -> Any:
+        ctx.op = op
+        ctx.save_for_backward(weight, u, v)
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        weight, u, v = ctx.saved_tensors
+        with torch.autocast(weight.device.type, enabled=False):
+            return grad * ctx.op.gradient(u, v, weight).to(weight.dtype), None, None, None, None
+
+
+def sigma(
+    op: LayerOperator, weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, value: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``<u, A(weight) v>``, differentiable in ``weight`` (``u``, ``v`` held fixed), autocast off.
+
+    ``value``: the number itself when the caller has it (``power_iteration``'s sigma for the pair
+    it just produced), which saves the forward convolution; the gradient is computed either way.
+    """
+    u, v = u.detach().clone(), v.detach().clone()  # later in-place updates of the buffers leave these alone
+    if value is None:
+        with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
+            value = torch.sum(u * op.apply(v, weight.detach()))
+    return _Sigma.apply(weight, value.detach().to(weight.dtype), u, v, op)

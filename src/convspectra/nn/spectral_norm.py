@@ -47,7 +47,7 @@ from torch.nn.utils import parametrize
 from .._checks import choice, integer, real
 from ..errors import ConvergenceWarning, ConvSpectraError, ParameterError
 from ..norm import NormBounds, operator_norm_bounds
-from ._power import PADDINGS, LayerGeometry, LayerOperator, power_iteration
+from ._power import PADDINGS, LayerGeometry, LayerOperator, power_iteration, sigma
 from .recording import InputSizeRecorder, eval_mode
 
 __all__ = ["Convergence", "SpectralNorm", "certify", "converge_spectral_norm", "spectral_norm", "spectral_norms"]
@@ -147,13 +147,9 @@ class SpectralNorm(nn.Module):
             )
         return self.operator
 
-    def sigma(self, weight: torch.Tensor) -> torch.Tensor:
+    def sigma(self, weight: torch.Tensor, value: torch.Tensor | None = None) -> torch.Tensor:
         """``<u, A(weight) v>`` with the current vectors, differentiable in ``weight`` (autocast off)."""
-        op = self._require_operator()
-        u = self._u.clone(memory_format=torch.contiguous_format)
-        v = self._v.clone(memory_format=torch.contiguous_format)
-        with torch.autocast(weight.device.type, enabled=False):
-            return torch.sum(u * op.apply(v, weight))
+        return sigma(self._require_operator(), weight, self._u, self._v, value)
 
     def iterate(self, weight: torch.Tensor, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``iterations`` power-iteration steps on the vectors in place; ``(sigma, residual)`` (no grad)."""
@@ -163,11 +159,12 @@ class SpectralNorm(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """The normalised (or clipped) weight."""
         self._require_operator()
+        value = None  # the value of sigma for the new vectors, when the iteration gives it
         if self._fresh:
-            self.iterate(weight, _FIRST_ITERATIONS)
+            value, _ = self.iterate(weight, _FIRST_ITERATIONS)
         elif self.training:
-            self.iterate(weight, self.n_power_iterations)
-        sigma = self.sigma(weight).clamp_min(self.eps)
+            value, _ = self.iterate(weight, self.n_power_iterations)
+        sigma = self.sigma(weight, value).clamp_min(self.eps)
         if self.mode == "normalize":
             return weight * (self.max_norm / sigma)
         return weight / torch.clamp(sigma / self.max_norm, min=1.0)
