@@ -10,6 +10,7 @@ per training step tracks the norm as the weight moves, as in spectral normalisat
 Example:
     >>> import torch, convspectra as cs
     >>> from convspectra.nn import operator_norm_estimate
+    >>> _ = torch.manual_seed(0)
     >>> conv = torch.nn.Conv2d(3, 8, 3, padding=1)
     >>> sigma = operator_norm_estimate(conv, 16, n_power_iterations=200)
     >>> sigma.backward()                                     # differentiable: a penalty's term
