@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -148,12 +148,12 @@ class _FirstSize:
     with its target (and its handle, which then points at the copy's hook table).
     """
 
-    def __init__(self, target: Any, label: str) -> None:
-        self.target, self.label = target, label
+    def __init__(self, target: Any, label: str, check: Callable[[str, Any, Any], tuple[int, ...]]) -> None:
+        self.target, self.label, self.check = target, label, check
         self.handle: Any = None
 
     def __call__(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        shape = check_input_shape(self.label, module, input_size(module, inputs[0]))  # raises: the hook stays
+        shape = self.check(self.label, module, input_size(module, inputs[0]))  # raises: the hook stays
         self.target.input_shape = shape
         self.remove()
 
@@ -205,7 +205,14 @@ class InputSizeRecorder:
         self._first: list[_FirstSize] = []
         self._handles: list[Any] = []
 
-    def record_first(self, target: Any, module: nn.Module, *, label: str) -> None:
+    def record_first(
+        self,
+        target: Any,
+        module: nn.Module,
+        *,
+        label: str,
+        check: Callable[[str, Any, Any], tuple[int, ...]] = check_input_shape,
+    ) -> None:
         """Set ``target.input_shape`` to the first size ``module`` runs at (checked), then stop recording it.
 
         Args:
@@ -213,8 +220,10 @@ class InputSizeRecorder:
                 constraint...): any object with an ``input_shape`` attribute.
             module: the conv module whose input is measured.
             label: the layer's name in error messages.
+            check: ``(label, module, size) -> size``: validates the size (raising keeps the hook
+                in place); default :func:`check_input_shape` (the circular operator's rules).
         """
-        hook = _FirstSize(target, label)
+        hook = _FirstSize(target, label, check)
         hook.handle = module.register_forward_pre_hook(hook)
         self._first.append(hook)
 
