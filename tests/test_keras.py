@@ -184,10 +184,44 @@ def test_bad_arguments_name_the_parameter() -> None:
         layer_kernels(subclassed)
 
 
+def test_import_convspectra_does_not_import_keras() -> None:
+    code = "import sys, convspectra, convspectra.nn; assert 'keras' not in sys.modules, 'keras imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_callback_bounds_per_layer_and_explicit_sizes() -> None:
+    from convspectra.keras import OperatorNormCallback
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(4, 3, padding="same", name="a"),
+            keras.layers.Conv2D(4, 3, padding="same", name="b"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile("sgd", "mse")
+    before = _numpy(model.get_layer("b").kernel)
+    callback = OperatorNormCallback({"a": 0.25}, every=1, input_shapes={"a": (12, 12)})
+    x, y = np.ones((2, 6, 6, 2), "float32"), np.ones((2, 1), "float32")
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[callback])
+    assert callback.projections == 1 and list(callback.kernels) == ["a"]
+    assert callback.kernels["a"][0].input_shape == (12, 12)
+    norm = cs.operator_norm(_numpy(model.get_layer("a").kernel).astype(np.float64), 12, layout="HWIO")
+    assert norm <= 0.25 * (1 + 1e-5)
+    assert not np.array_equal(_numpy(model.get_layer("b").kernel), before)  # trained, not projected
+    assert cs.operator_norm(_numpy(model.get_layer("b").kernel).astype(np.float64), 6, layout="HWIO") > 0.25
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_fit_under_constraint_and_callback_keeps_every_norm(backend: str) -> None:
     pytest.importorskip(backend, reason=f"the Keras {backend} backend needs {backend}")
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+    # One intra-op thread: the steps' small batched SVDs are fastest so, and a loaded 2-core machine running
+    # torch's OpenMP threads on top of other processes was measured 100x slower (the result does not change).
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "keras_fit.py")],
         env=env,
