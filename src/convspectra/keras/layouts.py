@@ -154,8 +154,8 @@ def layer_kernels(layer: Any, input_shape: int | Sequence[int] | None = None) ->
         ParameterError: no input shape known (see :func:`layer_input_shape`).
 
     Example:
-        >>> import os; os.environ.setdefault("KERAS_BACKEND", "torch")   # doctest: +ELLIPSIS
-        '...'
+        >>> import os
+        >>> _ = os.environ.setdefault("KERAS_BACKEND", "torch")     # before keras is first imported
         >>> import keras
         >>> from convspectra.keras.layouts import layer_kernels
         >>> layer = keras.layers.SeparableConv2D(8, 3, strides=2, depth_multiplier=2)
