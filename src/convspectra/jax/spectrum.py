@@ -73,7 +73,7 @@ def singular_values(
     Example:
         >>> import jax.numpy as jnp
         >>> import convspectra.jax as csj
-        >>> csj.singular_values(jnp.ones((2, 2, 1, 1)), 4)[:4].round(4)    # HWIO: footnote 2 of the paper
+        >>> csj.singular_values(jnp.ones((2, 2, 1, 1), jnp.float32), 4)[:4].round(4)    # HWIO: footnote 2 of the paper
         Array([4.    , 2.8284, 2.8284, 2.8284], dtype=float32)
     """
     layer_args = dict(layout=layout, stride=stride, dilation=dilation, groups=groups, transposed=transposed)
@@ -107,7 +107,7 @@ def operator_norm(
     Example:
         >>> import jax, jax.numpy as jnp
         >>> import convspectra.jax as csj
-        >>> kernel = jnp.ones((2, 2, 1, 1))
+        >>> kernel = jnp.ones((2, 2, 1, 1), jnp.float32)
         >>> float(csj.operator_norm(kernel, 4))
         4.0
         >>> jax.grad(lambda k: csj.operator_norm(k, 4))(kernel).ravel()   # d sigma / d taps = 1/4 * 4 taps
