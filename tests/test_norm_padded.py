@@ -297,3 +297,23 @@ def test_a_resnext_layer_on_a_small_map_is_not_stuck_in_the_circular_maximums_gr
     weight = np.random.default_rng(0).standard_normal((1024, 32, 3, 3)) * np.sqrt(2 / 288)
     reference = torch_norm(weight, (7, 7), groups=32, padding=1)
     check_bracket(cs.operator_norm_bounds(weight, (7, 7), groups=32, padding=1), reference)
+
+
+# --- ResNet-50's own layers at their native sizes (the mixed-precision Lanczos run) ---------------------
+
+RESNET50_NATIVE = [
+    pytest.param((64, 3, 7, 7), 224, dict(stride=2, padding=3), id="stem-7x7-s2-224"),
+    pytest.param((64, 64, 3, 3), 56, dict(padding=1), id="64-3x3-56"),
+    pytest.param((128, 128, 3, 3), 56, dict(stride=2, padding=1), id="128-3x3-s2-56", marks=pytest.mark.scale_full),
+    pytest.param((512, 512, 3, 3), 7, dict(padding=1), id="512-3x3-7", marks=pytest.mark.scale_full),
+]
+
+
+@pytest.mark.parametrize(("shape", "n", "geometry"), RESNET50_NATIVE)
+def test_resnet50_layers_at_native_size_match_arpack_on_pytorchs_conv(rng, shape, n, geometry):
+    weight = rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[1:]))  # He initialisation, as a fresh model's
+    reference = torch_norm(weight, (n, n), **geometry)
+    value = cs.operator_norm(weight, n, **geometry)
+    assert abs(value - reference) <= VALUE_RTOL * reference, (value, reference)
+    assert value <= reference * (1 + 1e-12)  # a Rayleigh quotient: never above the norm
+    check_bracket(cs.operator_norm_bounds(weight, n, **geometry), reference)

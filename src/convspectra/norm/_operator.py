@@ -140,6 +140,7 @@ class ConvOperator:
     live: tuple[int, ...]
     taps: np.ndarray = dataclasses.field(repr=False, compare=False)
     taps_adjoint: np.ndarray = dataclasses.field(repr=False, compare=False)
+    _runs: dict[int, Any] = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def create(
@@ -212,6 +213,16 @@ class ConvOperator:
         adjoint = np.ascontiguousarray(np.conj(np.swapaxes(forward, 1, 2)))
         return cls(array, groups, s, dl, n, m, mode, pads, extended, tuple(live), forward, adjoint)
 
+    def single(self) -> ConvOperator:
+        """The same layer in single precision (float32, complex64): twice the speed, products good to a few 1e-7."""
+        dtype = np.complex64 if np.iscomplexobj(self.weight) else np.float32
+        return dataclasses.replace(
+            self,
+            weight=self.weight.astype(dtype),
+            taps=self.taps.astype(dtype),
+            taps_adjoint=self.taps_adjoint.astype(dtype),
+        )
+
     @property
     def in_channels(self) -> int:
         """Input channels."""
@@ -272,11 +283,13 @@ class ConvOperator:
         return out
 
     def _chunks(self, item: int) -> list[list[tuple[int, tuple[slice, ...]]]]:
-        """The live taps' slices in runs whose stacked copies stay under :data:`CHUNK_BYTES`."""
-        slices = self._slices()
-        per_tap = max(1, item * self.in_channels * math.prod(self.output_shape))
-        size = max(1, CHUNK_BYTES // per_tap)
-        return [slices[i : i + size] for i in range(0, len(slices), size)]
+        """The live taps' slices in runs whose stacked copies stay under :data:`CHUNK_BYTES` (once per item size)."""
+        if item not in self._runs:
+            slices = self._slices()
+            per_tap = max(1, item * self.in_channels * math.prod(self.output_shape))
+            size = max(1, CHUNK_BYTES // per_tap)
+            self._runs[item] = [slices[i : i + size] for i in range(0, len(slices), size)]
+        return self._runs[item]
 
     def matvec(self, x: np.ndarray) -> np.ndarray:
         """``A x`` for ``x`` of shape ``(in_channels, *input_shape)`` (or flat).

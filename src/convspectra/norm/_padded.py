@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -114,6 +115,17 @@ def _tighten(request: NormRequest, weight: np.ndarray, value: float, upper: floa
     return None
 
 
+def _single_precision_gram(op: ConvOperator) -> Callable[[np.ndarray], np.ndarray]:
+    """``v -> A^H A v`` through the layer in single precision (twice as fast, good to a few 1e-7), for
+    the Lanczos solver's first run; its answer is checked with ``op`` itself."""
+    single = op.single()
+
+    def gram(v: np.ndarray) -> np.ndarray:
+        return single.rmatvec(single.matvec(v.astype(single.dtype))).ravel().astype(op.dtype)
+
+    return gram
+
+
 def solve_padded(request: NormRequest, *, want_bracket: bool = True) -> Solution:
     """The norm of the padded layer of ``request`` (``mode`` ``"zeros"`` or ``"circular"``).
 
@@ -173,12 +185,13 @@ def solve_padded(request: NormRequest, *, want_bracket: bool = True) -> Solution
             deadline=deadline,
             target=upper,
             threads=request.workers,
+            fast=_single_precision_gram(op),
         )
         value, vector, converged = result.value, result.vector, result.converged
         residual, timed_out = result.residual, result.timed_out
         if quotient > value:  # the start was better than where the iteration stopped
             value, vector = quotient, start
-        how = f"Lanczos ({result.iterations} products with A^H A)"
+        how = f"Lanczos ({result.iterations} products with A^H A, {result.fast_iterations} of them in single precision)"
     out_of_time = deadline is not None and time.monotonic() >= deadline
     if want_bracket and converged and not out_of_time and (upper - value) > TIGHT_GAP * upper:
         tight = _tighten(request, weight, value, upper)
