@@ -419,13 +419,25 @@ def test_footnote_2_all_ones_kernel():
     assert cs.bounds.nonnegative_norm(kernel) == pytest.approx(4.0)
 
 
+@pytest.mark.parametrize("sign", ["normal", "non-negative"])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_propositions_6_and_11_bound_the_truth_for_both_paddings(groups, rng):
+def test_propositions_6_and_11_bound_the_truth_for_both_paddings(groups, sign, rng):
     kernel = rng.normal(size=(4, 4 // groups, 3, 3))
+    if sign == "non-negative":  # no cancellation between channels: where the paper's printed form fails
+        kernel = np.abs(kernel)
     exact = cs.operator_norm(kernel, (9, 9), groups=groups)
     zero = cs.operator_norm(kernel, (9, 9), padding=1, groups=groups)
     prop11 = cs.bounds.channel_l1_bound(kernel, groups=groups)
     assert max(exact, zero) <= prop11 * (1 + 1e-12) <= cs.bounds.l1_bound(kernel) * (1 + 1e-12)
+
+
+def test_proposition_11_as_printed_is_not_a_bound_and_the_corrected_one_is():
+    kernel = np.ones((2, 3, 1, 1))
+    truth = oracle_singular_values(kernel, (4, 4))[0]  # sqrt(6)
+    sums = np.abs(kernel).sum(axis=(2, 3))
+    printed = np.sqrt((sums.max(axis=1) ** 2).sum())  # sqrt(sum_c max_d S_cd^2) = sqrt(2)
+    assert printed < truth * 0.6
+    assert cs.bounds.channel_l1_bound(kernel) == pytest.approx(truth, rel=1e-12)
 
 
 def test_proposition_7_is_exact_for_non_negative_kernels(rng):

@@ -6,7 +6,8 @@ let :math:`S_{cd} = \sum_t |K_{c,d,t}|`. Sedghi, Gupta & Long (2019) bound the o
 
 * Proposition 6 / the right-hand side of Proposition 11: :math:`\sum_{c,d,t} |K_{c,d,t}|`
   (:func:`l1_bound`);
-* Proposition 11: :math:`\sqrt{\sum_c \max_d S_{cd}^2}` (:func:`channel_l1_bound`);
+* Proposition 11, corrected: :math:`\sigma_{\max}(S)` (:func:`channel_l1_bound`; the paper's
+  :math:`\sqrt{\sum_c \max_d S_{cd}^2}` is not a bound);
 * Proposition 7: for a kernel with non-negative entries the norm is exact,
   :math:`\|A\|_2 = \sigma_{\max}(\sum_t K_{:,:,t})` — the single-channel statement is
   :math:`\sum_t K_t`; with channels it is the norm of the frequency-0 transfer matrix, which
@@ -96,10 +97,15 @@ def l1_bound(
 def channel_l1_bound(
     kernel: Any, *, layout: str | None = None, groups: int | None = None, transposed: bool | None = None
 ) -> Any:
-    r"""Proposition 11: :math:`\|A\|_2 \le \sqrt{\sum_c \max_d (\sum_t |K_{c,d,t}|)^2}`.
+    r"""Proposition 11, corrected: :math:`\|A\|_2 \le \sigma_{\max}(S)`, :math:`S_{cd} = \sum_t |K_{c,d,t}|`.
 
-    With groups, ``d`` runs over the input channels of ``c``'s group (the other entries of the
-    full kernel are zero).
+    The paper states :math:`\sqrt{\sum_c \max_d S_{cd}^2}`, which is false: its proof drops the
+    cross terms of :math:`\|\sum_d B_{cd} x_d\|^2` (the all-ones ``(2, 3, 1, 1)`` kernel has norm
+    :math:`\sqrt 6` and that expression :math:`\sqrt 2`). The same proof with the triangle
+    inequality, :math:`\|\sum_d B_{cd} x_d\| \le \sum_d S_{cd} \|x_d\|` (Proposition 6 bounds
+    each block by its :math:`S_{cd}`), gives :math:`\|A x\| \le \|S\, (\|x_d\|)_d\|`, hence this
+    bound, which is at most :math:`\|S\|_F \le \sum |K|` (the paper's right-hand side, still true).
+    With groups, :math:`S` is block diagonal: the largest of the groups' values.
 
     Returns:
         A 0-d NumPy float (or torch tensor) upper bound on the operator norm.
@@ -107,15 +113,17 @@ def channel_l1_bound(
     Example:
         >>> import numpy as np
         >>> from convspectra.bounds import channel_l1_bound
-        >>> float(channel_l1_bound(np.ones((2, 3, 1, 1))))  # sqrt(1 + 1): each row's largest |sum| is 1
-        1.4142135623730951
+        >>> round(float(channel_l1_bound(np.ones((2, 3, 1, 1)))) ** 2, 12)  # sqrt(6): exact for this layer
+        6.0
     """
     spec, weight = parse_kernel(kernel, layout=layout, groups=groups, transposed=transposed)
     e = exponent_of(weight)
     sums = _group_sums(scale_down(weight, e), spec.groups)
     if is_tensor(sums):
-        return scale_up((sums.amax(-1) ** 2).sum().sqrt(), e)
-    return scale_up(np.sqrt((sums.max(-1) ** 2).sum()), e)
+        import torch
+
+        return scale_up(torch.linalg.matrix_norm(sums, ord=2).amax(), e)
+    return scale_up(np.linalg.norm(sums, ord=2, axis=(1, 2)).max(), e)
 
 
 def nonnegative_norm(

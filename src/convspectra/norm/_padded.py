@@ -8,13 +8,13 @@
   stride-1 wrap-around layer, some repeated; its norm times the square root of the most
   repetitions bounds the norm from above.
 
-(Proposition 11's bound is not used: ``channel_l1_bound`` was measured below the true norm of a
-zero-padded 1-D layer, so it cannot certify here.) The start vector's Rayleigh quotient,
-computed through the padded layer tap by tap (:class:`~convspectra.norm.ConvOperator`), is a
-certified lower bound; when it already meets the upper bound to ``rtol`` (large maps, where the
-two layers differ by little), that is the answer. Otherwise restarted Lanczos on :math:`A^H A`
-(:mod:`convspectra.norm._lanczos`, a basis bounded by the memory budget) converges to the norm;
-its value, an actual Rayleigh quotient, is the certified lower bound. Then, where the bracket is
+The start vector's Rayleigh quotient, computed through the padded layer tap by tap
+(:class:`~convspectra.norm.ConvOperator`), is a certified lower bound; when it already meets the
+upper bound to ``rtol`` (large maps, where the two layers differ by little), that is the answer.
+Otherwise restarted Lanczos on :math:`A^H A` (:mod:`convspectra.norm._lanczos`, a basis bounded
+by the memory budget; a first run with the layer in single precision, checked and if need be
+finished with the exact one) converges to the norm; its value, an actual Rayleigh quotient, is
+the certified lower bound. Then, where the bracket is
 still wider than ``TIGHT_GAP`` and the band fits (:mod:`convspectra.norm._cholesky`), a verified
 banded Cholesky factorisation of :math:`u^2 I - A^H A` certifies ``u = value (1 + delta)``.
 
