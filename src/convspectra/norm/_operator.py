@@ -310,9 +310,9 @@ class ConvOperator:
         y = np.zeros((g, self.out_channels // g, points), dtype=dtype)
         done = 0
         for chunk in self._chunks(dtype.itemsize):  # im2col, a run of taps at a time: one product per run
-            stacked = np.empty((g, len(chunk), b0, points), dtype=dtype)
-            for j, (_, window) in enumerate(chunk):
-                stacked[:, j] = ext[window].reshape(g, b0, points)
+            stacked = np.empty((g, len(chunk), b0, *self.output_shape), dtype=dtype)
+            for j, (_, window) in enumerate(chunk):  # one copy of the strided slice (no reshape of it)
+                stacked[:, j] = ext[window].reshape(g, b0, *self.output_shape)
             w = self.taps[:, :, done * b0 : (done + len(chunk)) * b0]
             y += _product(w, stacked.reshape(g, len(chunk) * b0, points))
             done += len(chunk)
