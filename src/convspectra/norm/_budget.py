@@ -118,12 +118,13 @@ def lanczos_basis(request: NormRequest) -> int:
 
 
 def _lanczos_bytes(request: NormRequest, real: bool) -> int:
-    """The Lanczos basis, plus the solver's vectors."""
+    """The Lanczos basis, plus the solver's vectors (the start and its perturbation, the recurrence's
+    temporaries, the single-precision product's conversions: 12 input-sized vectors at most)."""
     spec = request.spec
     columns = spec.in_channels * math.prod(request.input_shape)
     rows = spec.out_channels * math.prod(spec.output_shape)
     item = 8 if real else 16
-    return (lanczos_basis(request) + 6) * item * columns + 4 * item * rows
+    return (lanczos_basis(request) + 12) * item * columns + 4 * item * rows
 
 
 def wrap_spec(spec: ConvSpec, grid: Sequence[int], stride: Sequence[int]) -> ConvSpec:
@@ -155,6 +156,7 @@ def padded_bytes(request: NormRequest) -> int:
         for s, m, d, k in zip(spec.stride, spec.output_shape, spec.dilation, spec.kernel_size, strict=True)
     )
     op = operator_bytes(spec, request.input_shape, spec.output_shape, real, extended)
+    op += -(-op // 2)  # and the same layer in single precision, for the Lanczos solver's first run
     start = maximum_bytes(certificate, real, request.workers) + _vector_bytes(spec, certificate.input_shape)
     return op + max(start, _lanczos_bytes(request, real))
 
