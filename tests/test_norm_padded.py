@@ -317,3 +317,31 @@ def test_resnet50_layers_at_native_size_match_arpack_on_pytorchs_conv(rng, shape
     assert abs(value - reference) <= VALUE_RTOL * reference, (value, reference)
     assert value <= reference * (1 + 1e-12)  # a Rayleigh quotient: never above the norm
     check_bracket(cs.operator_norm_bounds(weight, n, **geometry), reference)
+
+
+# --- uneven zero padding: one (left, right) pair per axis ------------------------------------------------
+
+UNEVEN = [
+    ((4, 3, 2, 2), (8, 8), ((0, 1), (0, 1)), 1),  # TensorFlow/JAX "SAME" with an even kernel
+    ((5, 3, 3, 3), (9, 8), ((1, 2), (0, 1)), 2),
+    ((4, 4, 4, 4), (10, 10), ((1, 2), (1, 2)), 2),
+    ((3, 2, 3, 3), (7, 7), ((2, 0), (0, 2)), 1),
+]
+
+
+@pytest.mark.parametrize(("shape", "n", "pairs", "stride"), UNEVEN)
+def test_uneven_padding_pairs_match_pytorchs_conv_of_the_padded_input(rng, shape, n, pairs, stride):
+    weight = rng.normal(size=shape)
+    eye = torch.eye(shape[1] * n[0] * n[1], dtype=torch.float64).reshape(-1, shape[1], *n)
+    (top, bottom), (left, right) = pairs
+    out = F.conv2d(F.pad(eye, (left, right, top, bottom)), torch.from_numpy(weight), stride=stride)
+    reference = float(np.linalg.norm(out.reshape(eye.shape[0], -1).T.numpy(), 2))
+    assert abs(cs.operator_norm(weight, n, padding=pairs, stride=stride) - reference) <= VALUE_RTOL * reference
+    check_bracket(cs.operator_norm_bounds(weight, n, padding=pairs, stride=stride), reference)
+
+
+def test_padding_pairs_must_be_one_per_axis(rng):
+    with pytest.raises(cs.ParameterError, match=r"padding: expected one \(left, right\) pair per spatial axis"):
+        cs.operator_norm(rng.normal(size=(2, 2, 3, 3)), (8, 8), padding=((1, 1),))
+    with pytest.raises(cs.ParameterError, match=r"padding\[1\]"):
+        cs.operator_norm(rng.normal(size=(2, 2, 3, 3)), (8, 8), padding=((1, 1), (1, 2, 3)))

@@ -112,7 +112,8 @@ class NormRequest:
 
 
 def _pairs(padding: Any, spec: ConvSpec, name: str) -> tuple[tuple[int, int], ...]:
-    """PyTorch's padding forms (an int, one int per axis, ``"same"``, ``"valid"``) as (left, right) pairs."""
+    """PyTorch's padding forms (an int, one int per axis, ``"same"``, ``"valid"``), or one ``(left, right)``
+    pair per axis, as (left, right) pairs."""
     d = spec.ndim
     if isinstance(padding, str):
         choice(name, padding, ("same", "valid") if name != "padding" else PADDINGS)
@@ -124,6 +125,11 @@ def _pairs(padding: Any, spec: ConvSpec, name: str) -> tuple[tuple[int, int], ..
             )
         totals = [dl * (k - 1) for dl, k in zip(spec.dilation, spec.kernel_size, strict=True)]
         return tuple((t // 2, t - t // 2) for t in totals)
+    if isinstance(padding, Sequence) and any(isinstance(p, Sequence) and not isinstance(p, str) for p in padding):
+        if len(padding) != d:  # one (left, right) pair per axis (TensorFlow, JAX, ONNX: uneven "SAME")
+            raise ParameterError(f"{name}: expected one (left, right) pair per spatial axis ({d}), got {padding!r}")
+        pairs = [as_tuple(f"{name}[{axis}]", pair, 2, minimum=0) for axis, pair in enumerate(padding)]
+        return tuple((left, right) for left, right in pairs)
     return tuple((p, p) for p in as_tuple(name, padding, d, minimum=0))
 
 
