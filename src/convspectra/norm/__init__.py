@@ -170,8 +170,9 @@ def operator_norm(
         padding: ``"circular"`` (wrap-around, exact), ``"module"`` (the module's own padding and
             ``padding_mode``), or PyTorch-style zero padding: an int, one int per axis,
             ``"same"`` or ``"valid"``; or one ``(left, right)`` pair per axis (uneven zero
-            padding, as TensorFlow's and JAX's ``"SAME"`` with an even kernel or a stride). For a transposed layer, the padding of the
-            ``ConvTranspose`` (its ``output_padding`` is read from a module).
+            padding, as TensorFlow's and JAX's ``"SAME"`` with an even kernel or a stride). For a
+            transposed layer, the padding of the ``ConvTranspose`` (its ``output_padding`` is
+            read from a module).
         layout, stride, dilation, groups, transposed: as in :func:`convspectra.singular_values`.
         rtol: padded layers only: the Lanczos solver's relative residual target (default 1e-6;
             the norm is then accurate to about ``rtol / 2``).
