@@ -8,6 +8,8 @@ operator handed to ARPACK (``scipy.sparse.linalg.eigsh`` on ``A^T A``) run to co
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -345,3 +347,50 @@ def test_padding_pairs_must_be_one_per_axis(rng):
         cs.operator_norm(rng.normal(size=(2, 2, 3, 3)), (8, 8), padding=((1, 1),))
     with pytest.raises(cs.ParameterError, match=r"padding\[1\]"):
         cs.operator_norm(rng.normal(size=(2, 2, 3, 3)), (8, 8), padding=((1, 1), (1, 2, 3)))
+
+
+# --- windows that tile the input (kernel = stride): patch embeddings, ConvNeXt's downsamplers -----------
+
+PATCHWISE = [
+    ((6, 4, 2, 2), (8, 6), 1),
+    ((6, 4, 4, 4), (8, 8), 2),  # groups
+    ((5, 3, 3), (9,), 1),  # 1-D
+    ((3, 2, 2, 2, 2), (4, 4, 6), 1),  # 3-D
+]
+
+
+@pytest.mark.parametrize(("shape", "n", "groups"), PATCHWISE)
+def test_patchwise_layers_are_exact_for_zero_padding_and_wrap_around(rng, shape, n, groups):
+    weight = rng.normal(size=shape)
+    d = len(n)
+    conv = getattr(F, f"conv{d}d")
+    eye = torch.eye(shape[1] * groups * math.prod(n), dtype=torch.float64).reshape(-1, shape[1] * groups, *n)
+    out = conv(eye, torch.from_numpy(weight), stride=shape[2:], groups=groups)
+    reference = float(np.linalg.norm(out.reshape(eye.shape[0], -1).T.numpy(), 2))
+    stride = shape[2:]
+    for padding in (0, "circular"):
+        bounds = cs.operator_norm_bounds(weight, n, padding=padding, stride=stride, groups=groups)
+        assert bounds.method.startswith("exact: the windows tile the input"), bounds.method
+        assert abs(bounds.value - reference) <= 1e-13 * reference, (bounds, reference)
+        assert bounds.lower <= reference * (1 + 1e-15) and reference <= bounds.upper * (1 + 1e-15), bounds
+        assert bounds.relative_gap <= 1e-9
+        value = cs.operator_norm(weight, n, padding=padding, stride=stride, groups=groups)
+        assert abs(value - reference) <= 1e-13 * reference
+
+
+def test_patchwise_gradient_is_the_top_singular_pair_of_the_patch_matrix(rng):
+    weight = torch.tensor(rng.normal(size=(8, 3, 4, 4)), requires_grad=True)
+    value = cs.operator_norm(weight, (16, 16), stride=4, padding=0)
+    value.backward()
+    u, s, vh = np.linalg.svd(weight.detach().numpy().reshape(8, -1))
+    expected = np.outer(u[:, 0], vh[0]).reshape(8, 3, 4, 4)
+    assert float(value.detach()) == pytest.approx(s[0], rel=1e-13)
+    np.testing.assert_allclose(weight.grad.numpy(), expected, atol=1e-12)
+
+
+def test_kernel_equal_to_stride_but_not_dividing_the_input_takes_the_general_path(rng):
+    weight = rng.normal(size=(4, 3, 2, 2))
+    bounds = cs.operator_norm_bounds(weight, (7, 7), padding=0, stride=2)  # the last row and column are not read
+    assert not bounds.method.startswith("exact: the windows")
+    reference = float(np.linalg.norm(torch_dense(weight, (7, 7), stride=2), 2))
+    check_bracket(bounds, reference)

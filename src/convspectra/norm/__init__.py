@@ -56,6 +56,7 @@ from ._gradient import torch_value
 from ._groups import solve_grouped
 from ._operator import ConvOperator
 from ._padded import solve_padded
+from ._patches import is_patchwise, solve_patchwise
 from ._request import NormRequest, resolve_request
 from ._solution import Solution
 from ._support import live_request
@@ -115,6 +116,9 @@ def _solve(request: NormRequest, *, want_bracket: bool) -> tuple[NormRequest, So
     Refused first, allocating nothing, when its estimate exceeds the budget; then solved at unit
     scale (:meth:`NormRequest.at_unit_scale`). Returns the request as solved and the solution.
     """
+    if is_patchwise(request):  # non-overlapping windows: one SVD, for zero padding and wrap-around alike
+        request = request.at_unit_scale()
+        return request, solve_patchwise(request)
     if request.mode == "wrap":
         check_request(request, want_bracket=want_bracket)
         request = request.at_unit_scale()

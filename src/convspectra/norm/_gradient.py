@@ -6,8 +6,8 @@ simple:
 
 * wrap-around: the largest singular value of the transfer matrix at the maximising frequency
   (``torch.linalg.svdvals``, whose backward stays finite for a repeated top value);
-* padded: ``||A(W) y||`` for the solver's unit vector y, through PyTorch's own padding and
-  convolution.
+* padded (and layers whose windows tile the input): ``||A(W) y||`` for the solver's unit vector
+  y, through PyTorch's own padding and convolution.
 
 Example:
     >>> import torch
@@ -45,8 +45,8 @@ def torch_value(request: NormRequest, solution: Solution) -> Any:
     torch = loaded_torch()
     e = request.exponent
     weight = scale_down(request.weight, e)  # the solvers' scale (exact); the value is scaled back
-    if request.mode == "wrap":
-        assert solution.plan is not None and solution.frequency is not None
+    if request.mode == "wrap" and solution.plan is not None:
+        assert solution.frequency is not None
         plan = FrequencyPlan.create(request.spec, real=not weight.is_complex())
         matrices = plan.transfer_torch(flat_weight(weight), solution.frequency[None, :])
         if min(matrices.shape[1:]) == 1:
