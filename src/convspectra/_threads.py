@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -105,9 +106,22 @@ def _any_thread_may_set() -> Iterator[None]:
         clear(force=True)
 
 
+_modules_seen = -1  # len(sys.modules) at the last look
+
+
 def _fresh_controller() -> Any:
-    """threadpoolctl's view of every library loaded now (torch's OpenMP may have come after the cached one)."""
-    _controller.cache_clear()
+    """threadpoolctl's view of every library loaded now (torch's OpenMP may have come after the cached one).
+
+    Looking costs milliseconds (threadpoolctl walks every loaded shared object), which a layer of
+    768 groups paid 1600 times (8 of 40 s); a BLAS or OpenMP library arrives with the import of
+    an extension module (torch, SciPy, jaxlib), so the look is taken again only when the number
+    of imported modules has changed since the last one.
+    """
+    global _modules_seen
+    count = len(sys.modules)
+    if count != _modules_seen:
+        _controller.cache_clear()
+        _modules_seen = count
     return _controller()
 
 
