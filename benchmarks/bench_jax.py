@@ -15,8 +15,9 @@ median over ``--repeats`` runs, methods interleaved; the ratio is NumPy time / J
 JAX faster). The largest difference from the NumPy engine, relative to sigma_max, is reported
 as a check. The machine (CPU, cores, thread settings, versions) is printed first.
 
-Run ``python benchmarks/bench_jax.py`` (``--quick`` for a smoke run, ``--json FILE`` to keep the
-numbers).
+Run ``python benchmarks/bench_jax.py`` (``--quick`` for a smoke run, ``--layers 16@32,64@56`` for a
+subset, ``--json FILE`` to keep the numbers). Compiling the large layers takes minutes on a small CPU
+(XLA constant-folds the static tables).
 """
 
 from __future__ import annotations
@@ -156,17 +157,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two small layers, 2 repeats (smoke run)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per measurement (default 5, quick 2)")
+    parser.add_argument("--layers", default=None, help='e.g. "16@32,64@56": channels@input size (default: all five)')
     parser.add_argument("--json", default=None, help="write the results to this file")
     args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 5)
     layers = QUICK_LAYERS if args.quick else LAYERS
+    if args.layers:
+        layers = [(int(c), int(n)) for c, n in (item.split("@") for item in args.layers.split(","))]
     info = machine()
-    print("machine: " + json.dumps(info))
+    print("machine: " + json.dumps(info), flush=True)
     gpu = gpu_device()
     rows = []
     for channels, n in layers:
         for dtype in (np.float64, np.float32):
             rows.extend(layer_rows(channels, n, dtype, repeats, gpu))
+            print(f"  measured {channels}->{channels} @ {n} {np.dtype(dtype).name}", flush=True)
     results = {"machine": info, "repeats": repeats, "gpu": None if gpu is None else str(gpu), "rows": rows}
     report(results)
     if args.json:
