@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from convspectra.models import find_pretrained
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_singular_values.py"
@@ -47,3 +49,20 @@ def test_operator_norm_benchmark_quick_run(tmp_path, capsys):
         errors = {row["method"]: row["max_relative_error"] for row in results["peers"]["rows"]}
         assert errors["convspectra circular (exact)"] <= 1e-12
         assert errors["convspectra zero padding (default rtol)"] <= 1e-6
+
+
+def test_jax_benchmark_quick_run(tmp_path, capsys):
+    pytest.importorskip("jax", reason="the JAX benchmark needs jax (pip install convspectra[jax])")
+    path = BENCHMARK.parent / "bench_jax.py"
+    spec = importlib.util.spec_from_file_location("bench_jax", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "jax.json"
+    assert module.main(["--quick", "--repeats", "1", "--json", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("machine: ")
+    results = json.loads(out.read_text())
+    assert {row["function"] for row in results["rows"]} == {"singular_values", "operator_norm", "clip_operator_norm"}
+    for row in results["rows"]:
+        limit = 1e-9 if row["dtype"] == "float64" else 1e-5
+        assert row["jax_cpu_max_error_relative_to_sigma_max"] <= limit, row
+        assert row["jax_cpu_compile_seconds"] > 0 and row["seconds"]["jax_cpu"] > 0

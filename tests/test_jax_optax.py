@@ -8,6 +8,7 @@ import pytest
 jax = pytest.importorskip("jax", reason="convspectra.jax needs jax (pip install convspectra[jax])")
 optax = pytest.importorskip("optax", reason="the optax transform needs optax (pip install convspectra[jax])")
 nn = pytest.importorskip("flax.linen", reason="the Flax walker needs flax (pip install convspectra[jax])")
+jax.config.update("jax_enable_x64", True)  # the dense-operator checks run in float64 (as tests/test_jax.py)
 import jax.numpy as jnp  # noqa: E402
 
 import convspectra as cs  # noqa: E402
@@ -106,3 +107,60 @@ def test_walkers_find_nnx_and_equinox_convs():
         cs.operator_norm(np.asarray(clipped, np.float64), (5, 5), padding="circular", layout="OIHW", dilation=2)
         <= 0.1 * 1.001
     )
+
+
+def _dense_norm(apply, x):
+    """The largest singular value of the layer's own (linear, bias-free) apply at input ``x``, from its jacobian."""
+    jacobian = jax.jacobian(lambda z: apply(z.reshape(x.shape)).ravel())(jnp.ravel(x))
+    return float(np.linalg.svd(np.asarray(jacobian, np.float64), compute_uv=False)[0])
+
+
+@pytest.mark.parametrize(("stride", "size", "n"), [(2, 3, 4), (1, 4, 5)])
+def test_linen_conv_transpose_is_recorded_and_clipped_to_its_true_norm(stride, size, n):
+    layer = nn.ConvTranspose(
+        3, (size, size), strides=(stride, stride), padding="CIRCULAR", transpose_kernel=True, use_bias=False,
+        param_dtype=jnp.float64,
+    )  # fmt: skip
+    x = jnp.zeros((1, n, n, 2), jnp.float64)
+    variables = layer.init(jax.random.key(stride), x)
+    found = csj.find_conv_kernels_linen(layer, variables, x)
+    assert found == {"params/kernel": csj.ConvKernel((n, n), stride=(stride,) * 2, dilation=(1, 1), transposed=True)}
+    kernel, args = variables["params"]["kernel"], found["params/kernel"].layer_args()
+    dense = _dense_norm(lambda z: layer.apply(variables, z), x)  # the layer's own operator, wrap-around padding
+    assert abs(float(csj.operator_norm(kernel, (n, n), **args)) - dense) <= 1e-9 * dense
+    target = 0.5 * dense
+    clipped = csj.clip_operator_norm(kernel, (n, n), target, iterations=50, **args)
+    true_norm = _dense_norm(lambda z: layer.apply({"params": {"kernel": clipped}}, z), x)
+    assert target * (1 - 1e-3) <= true_norm <= target * (1 + 1e-3)
+
+
+def test_nnx_conv_transpose_is_recorded_and_matches_its_operator():
+    nnx = pytest.importorskip("flax.nnx", reason="needs flax.nnx")
+    layer = nnx.ConvTranspose(
+        2, 3, (3, 3), strides=2, padding="CIRCULAR", transpose_kernel=True, use_bias=False,
+        param_dtype=jnp.float64, rngs=nnx.Rngs(0),
+    )  # fmt: skip
+    x = jnp.zeros((1, 4, 4, 2), jnp.float64)
+    found = csj.find_conv_kernels_nnx(layer, x)
+    assert found == {"kernel": csj.ConvKernel((4, 4), stride=(2, 2), dilation=(1, 1), transposed=True)}
+    dense = _dense_norm(layer, x)
+    assert abs(float(csj.operator_norm(layer.kernel.value, (4, 4), **found["kernel"].layer_args())) - dense) <= (
+        1e-9 * dense
+    )
+
+
+def test_conv_transpose_kernels_no_layout_describes_are_skipped_with_a_warning():
+    layer = nn.ConvTranspose(3, (3, 3))  # transpose_kernel=False: (k, k, in, out), not flipped
+    x = jnp.zeros((1, 4, 4, 2))
+    model = nn.Sequential([nn.Conv(2, (3, 3)), layer])
+    variables = model.init(jax.random.key(0), x)
+    with pytest.warns(UserWarning, match="params/layers_1/kernel: a flax.linen ConvTranspose"):
+        found = csj.find_conv_kernels_linen(model, variables, x)
+    assert list(found) == ["params/layers_0/kernel"]
+    eqx = pytest.importorskip("equinox", reason="needs equinox (pip install convspectra[jax])")
+    eq_model = eqx.nn.Sequential(
+        [eqx.nn.Conv2d(2, 3, 3, key=jax.random.key(0)), eqx.nn.ConvTranspose2d(3, 2, 3, key=jax.random.key(1))]
+    )
+    with pytest.warns(UserWarning, match="layers/1/weight: a equinox.nn ConvTranspose"):
+        found = csj.find_conv_kernels_equinox(eq_model, jnp.zeros((2, 6, 6)))
+    assert list(found) == ["layers/0/weight"]

@@ -169,6 +169,31 @@ def test_constraint_equals_the_engines_projection(name, shape, n, options) -> No
     assert 1.0 - 1e-4 <= float(norm) <= 1.0 + 1e-5
 
 
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_constraint_runs_torch_at_the_librarys_thread_limit_and_restores_it(backend, monkeypatch) -> None:
+    torch = pytest.importorskip("torch", reason="the torch backend's thread limit needs torch")
+    import convspectra.keras.constraint as constraint_module
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)  # the decision the library takes per backend
+    inside = []
+    original = constraint_module.clip_kernel
+
+    def spy(*args, **kwargs):
+        inside.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(constraint_module, "clip_kernel", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        kernel = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(3, 3, 2, 4)).astype("float32"))
+        OperatorNormConstraint(1.0, 6)(kernel)
+        assert inside == ([1] if backend == "torch" else [2])  # one intra-op thread inside; other backends: untouched
+        assert torch.get_num_threads() == 2  # restored on exit
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bad_arguments_name_the_parameter() -> None:
     with pytest.raises(cs.ParameterError, match="kind"):
         OperatorNormConstraint(1.0, 8, kind="dense")
@@ -219,9 +244,9 @@ def test_callback_bounds_per_layer_and_explicit_sizes() -> None:
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_fit_under_constraint_and_callback_keeps_every_norm(backend: str) -> None:
     pytest.importorskip(backend, reason=f"the Keras {backend} backend needs {backend}")
-    # One intra-op thread: the steps' small batched SVDs are fastest so, and a loaded 2-core machine running
-    # torch's OpenMP threads on top of other processes was measured 100x slower (the result does not change).
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1"}
+    # No OMP_NUM_THREADS here: the constraint and the callback run torch at the library's own thread limit.
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu"}
+    env.pop("OMP_NUM_THREADS", None)
     result = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "keras_fit.py")],
         env=env,

@@ -34,6 +34,7 @@ import numpy as np
 from .._checks import choice, flag, integer, norm_bounds
 from ..norm import operator_norm
 from ..projection import clip_operator_norm_many
+from ._threads import owned_threads
 from .layouts import KerasKernel, conv_kind, from_engine, layer_kernels, to_engine
 
 try:
@@ -158,6 +159,10 @@ class OperatorNormCallback(Callback):
 
     def project(self) -> None:
         """One projection round of every selected kernel, assigned back to the variables."""
+        with owned_threads():  # the torch backend's transfers at the library's thread limit, restored after
+            self._project()
+
+    def _project(self) -> None:
         import keras
 
         sync = getattr(self.model, "jax_state_sync", None)

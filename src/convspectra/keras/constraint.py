@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._checks import choice, flag, integer, norm_bounds
+from ._threads import owned_threads
 from .clip import CircularPlan, clip_kernel
 from .layouts import from_engine, to_engine
 
@@ -109,9 +110,10 @@ class OperatorNormConstraint(Constraint):
     def __call__(self, w: Any) -> Any:
         """The projected kernel (same shape and dtype as ``w``)."""
         plan = self.plan(w.shape)
-        engine = to_engine(w, self.kind == "depthwise")
-        clipped = clip_kernel(engine, plan, self.max_norm, iterations=self.iterations, rescale=self.rescale)
-        return from_engine(clipped, w.shape)
+        with owned_threads():  # the torch backend's ops at the library's thread limit, restored after
+            engine = to_engine(w, self.kind == "depthwise")
+            clipped = clip_kernel(engine, plan, self.max_norm, iterations=self.iterations, rescale=self.rescale)
+            return from_engine(clipped, w.shape)
 
     def get_config(self) -> dict[str, Any]:
         """The constructor's arguments (Keras serialisation)."""
