@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .._checks import as_tuple, choice, integer, real
+from ..convergence import Convergence
 from ..errors import ConvergenceWarning, ParameterError, ParameterTypeError
 
 __all__ = [
@@ -356,21 +357,6 @@ def check_options(n_steps: Any, eps: Any, padding: Any, max_norm: Any, mode: Any
     choice("padding", padding, PADDINGS)
     real("max_norm", max_norm, minimum=0.0, open_below=True)
     choice("mode", mode, MODES)
-
-
-@dataclass(frozen=True)
-class Convergence:
-    """One layer's power iteration after a ``converge_spectral_norm_*`` helper.
-
-    Attributes:
-        sigma: the estimate of the operator norm of the kernel before normalisation.
-        iterations: steps run; residual: the last step's relative change of ``v``; converged: residual <= tol.
-    """
-
-    sigma: float
-    iterations: int
-    residual: float
-    converged: bool
 
 
 @partial(jax.jit, static_argnums=(0, 4, 5))

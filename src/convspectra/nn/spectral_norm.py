@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,6 +45,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .._checks import choice, integer, real
+from ..convergence import Convergence
 from ..errors import ConvergenceWarning, ConvSpectraError, ParameterError
 from ..norm import NormBounds, operator_norm_bounds
 from ._power import PADDINGS, LayerGeometry, LayerOperator, power_iteration, sigma
@@ -275,21 +275,6 @@ def _input_of(module: nn.Module, parametrization: SpectralNorm) -> torch.Tensor:
             return weight
         weight = item(weight)
     raise AssertionError("the parametrization is not on this module")  # pragma: no cover
-
-
-@dataclass(frozen=True)
-class Convergence:
-    """One layer's power iteration after :func:`converge_spectral_norm`.
-
-    Attributes:
-        sigma: the estimate of the operator norm of the weight before normalisation.
-        iterations: steps run; residual: the last step's relative change of ``v``; converged: residual <= tol.
-    """
-
-    sigma: float
-    iterations: int
-    residual: float
-    converged: bool
 
 
 def converge_spectral_norm(

@@ -43,7 +43,7 @@ from .._checks import as_tuple, choice, integer
 from ..errors import ParameterError
 from ..spec import parse_kernel
 
-__all__ = ["ConvOperator", "good_fft_size", "operator_product_bytes"]
+__all__ = ["ConvOperator", "good_fft_size", "operator_product_bytes", "padding_pairs"]
 
 #: The boundary handlings :meth:`ConvOperator.create` accepts.
 MODES = ("zeros", "circular", "wrap")
@@ -95,19 +95,20 @@ def padded_output_shape(
     return m
 
 
-def _padding_pairs(padding: Any, ndim: int) -> tuple[tuple[int, int], ...]:
-    """``None`` (none), an int or one int per axis (both sides), or one ``(left, right)`` pair per axis."""
+def padding_pairs(padding: Any, ndim: int, name: str = "padding") -> tuple[tuple[int, int], ...]:
+    """``None`` (none), an int or one int per axis (both sides), or one ``(left, right)`` pair per axis;
+    errors name the parameter ``name``."""
     if padding is None:
         return ((0, 0),) * ndim
     is_sequence = isinstance(padding, Sequence) and not isinstance(padding, (str, bytes))
     if is_sequence and any(isinstance(p, Sequence) and not isinstance(p, (str, bytes)) for p in padding):
         if len(padding) != ndim:
             raise ParameterError(
-                f"padding: expected one (left, right) pair per spatial axis ({ndim}), got {len(padding)}: {padding!r}"
+                f"{name}: expected one (left, right) pair per spatial axis ({ndim}), got {len(padding)}: {padding!r}"
             )
-        pairs = [as_tuple(f"padding[{axis}]", pair, 2, minimum=0) for axis, pair in enumerate(padding)]
+        pairs = [as_tuple(f"{name}[{axis}]", pair, 2, minimum=0) for axis, pair in enumerate(padding)]
         return tuple((left, right) for left, right in pairs)
-    return tuple((p, p) for p in as_tuple("padding", padding, ndim, minimum=0))
+    return tuple((p, p) for p in as_tuple(name, padding, ndim, minimum=0))
 
 
 def operator_product_bytes(
@@ -182,7 +183,7 @@ class ConvOperator:
         d = spec.ndim
         n = as_tuple("input_shape", input_shape, d)
         s, dl, k = spec.stride, spec.dilation, spec.kernel_size
-        pads = _padding_pairs(padding, d)
+        pads = padding_pairs(padding, d)
         if mode == "wrap":
             if any(ni % si for ni, si in zip(n, s, strict=True)):
                 raise ParameterError(

@@ -36,7 +36,7 @@ from .._rescale import exponent_of, scale_down
 from .._threads import resolve_workers
 from ..errors import ParameterError
 from ..spec import ConvSpec, parse_kernel, parse_layer
-from ._operator import padded_output_shape
+from ._operator import padded_output_shape, padding_pairs
 
 __all__ = ["DEFAULT_MAX_ITER", "DEFAULT_RTOL", "PADDINGS", "NormRequest", "resolve_request"]
 
@@ -125,12 +125,9 @@ def _pairs(padding: Any, spec: ConvSpec, name: str) -> tuple[tuple[int, int], ..
             )
         totals = [dl * (k - 1) for dl, k in zip(spec.dilation, spec.kernel_size, strict=True)]
         return tuple((t // 2, t - t // 2) for t in totals)
-    if isinstance(padding, Sequence) and any(isinstance(p, Sequence) and not isinstance(p, str) for p in padding):
-        if len(padding) != d:  # one (left, right) pair per axis (TensorFlow, JAX, ONNX: uneven "SAME")
-            raise ParameterError(f"{name}: expected one (left, right) pair per spatial axis ({d}), got {padding!r}")
-        pairs = [as_tuple(f"{name}[{axis}]", pair, 2, minimum=0) for axis, pair in enumerate(padding)]
-        return tuple((left, right) for left, right in pairs)
-    return tuple((p, p) for p in as_tuple(name, padding, d, minimum=0))
+    if padding is None:  # refused here (a type error), as ever: operator_norm has no "no padding" None
+        return tuple((p, p) for p in as_tuple(name, padding, d, minimum=0))  # the usual type error
+    return padding_pairs(padding, d, name)  # also one (left, right) pair per axis (TF, JAX, ONNX: uneven "SAME")
 
 
 def _module_padding(kernel: Any, spec: ConvSpec) -> tuple[str, tuple[tuple[int, int], ...], tuple[int, ...]]:
